@@ -1,0 +1,53 @@
+# The embedded default: build the demo app and run two replicas of it on the
+# local Docker engine. `berth apply` then `curl $(berth output url)/api/ping`.
+
+variable "port" {
+  type        = number
+  default     = 8080
+  description = "Host port of the first replica; replica k listens on port + k - 1."
+}
+
+locals {
+  app = "berth-demo-${berth.env}"
+}
+
+resource "docker_network" "app" {
+  name = local.app
+}
+
+resource "docker_image" "app" {
+  name = "${local.app}:latest"
+  build {
+    context = "app"
+  }
+}
+
+resource "docker_container" "web" {
+  name     = "${local.app}-web"
+  image    = docker_image.app.image_id
+  replicas = 2
+  restart  = "unless-stopped"
+  env      = ["INSTANCE=${local.app}"]
+
+  ports {
+    internal = 5000
+    external = var.port
+    ip       = "127.0.0.1"
+  }
+
+  networks_advanced {
+    name = docker_network.app.name
+  }
+
+  healthcheck {
+    test     = ["CMD", "/demo-app", "healthcheck"]
+    interval = "2s"
+    timeout  = "2s"
+    retries  = 5
+  }
+  wait = true
+}
+
+output "url" {
+  value = "http://127.0.0.1:${var.port}"
+}

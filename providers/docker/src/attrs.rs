@@ -1,0 +1,196 @@
+//! Reading typed values out of an [`Attrs`] map: strings, numbers, bools,
+//! lists, maps and nested blocks, treating `null` as absent and reporting a
+//! wrong type as [`ProviderError::Config`] naming the attribute (never its
+//! value, which may be sensitive).
+
+use std::collections::BTreeMap;
+
+use berth_provider::{Attrs, ProviderError, Value};
+
+fn non_null<'a>(attrs: &'a Attrs, key: &str) -> Option<&'a Value> {
+    attrs.get(key).filter(|v| !v.is_null())
+}
+
+fn type_error(key: &str, expected: &str) -> ProviderError {
+    ProviderError::Config(format!("`{key}` must be {expected}"))
+}
+
+/// An optional string.
+pub(crate) fn string(attrs: &Attrs, key: &str) -> Result<Option<String>, ProviderError> {
+    match non_null(attrs, key) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(Value::Bool(b)) => Ok(Some(b.to_string())),
+        Some(_) => Err(type_error(key, "a string")),
+    }
+}
+
+/// A string that must be present and not empty.
+pub(crate) fn required_string(attrs: &Attrs, key: &str) -> Result<String, ProviderError> {
+    match string(attrs, key)? {
+        Some(s) if !s.is_empty() => Ok(s),
+        _ => Err(ProviderError::Config(format!("`{key}` is required"))),
+    }
+}
+
+/// An optional string that is treated as absent when empty.
+pub(crate) fn non_empty_string(attrs: &Attrs, key: &str) -> Result<Option<String>, ProviderError> {
+    Ok(string(attrs, key)?.filter(|s| !s.is_empty()))
+}
+
+/// An optional whole number (JSON numbers may arrive as floats; numeric
+/// strings are accepted too).
+pub(crate) fn int(attrs: &Attrs, key: &str) -> Result<Option<i64>, ProviderError> {
+    match non_null(attrs, key) {
+        None => Ok(None),
+        Some(Value::Number(n)) => {
+            if let Some(i) = n.as_i64() {
+                Ok(Some(i))
+            } else {
+                match n.as_f64() {
+                    Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(Some(f as i64)),
+                    _ => Err(type_error(key, "a whole number")),
+                }
+            }
+        }
+        Some(Value::String(s)) => s
+            .trim()
+            .parse::<i64>()
+            .map(Some)
+            .map_err(|_| type_error(key, "a whole number")),
+        Some(_) => Err(type_error(key, "a whole number")),
+    }
+}
+
+/// An optional bool (`"true"`/`"false"` strings are accepted too).
+pub(crate) fn boolean(attrs: &Attrs, key: &str) -> Result<Option<bool>, ProviderError> {
+    match non_null(attrs, key) {
+        None => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(Value::String(s)) if s == "true" => Ok(Some(true)),
+        Some(Value::String(s)) if s == "false" => Ok(Some(false)),
+        Some(_) => Err(type_error(key, "a bool")),
+    }
+}
+
+/// An optional list of strings.
+pub(crate) fn string_list(attrs: &Attrs, key: &str) -> Result<Option<Vec<String>>, ProviderError> {
+    match non_null(attrs, key) {
+        None => Ok(None),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|item| match item {
+                Value::String(s) => Ok(s.clone()),
+                Value::Number(n) => Ok(n.to_string()),
+                Value::Bool(b) => Ok(b.to_string()),
+                _ => Err(type_error(key, "a list of strings")),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some),
+        Some(_) => Err(type_error(key, "a list of strings")),
+    }
+}
+
+/// An optional map of strings.
+pub(crate) fn string_map(
+    attrs: &Attrs,
+    key: &str,
+) -> Result<Option<BTreeMap<String, String>>, ProviderError> {
+    match non_null(attrs, key) {
+        None => Ok(None),
+        Some(Value::Object(map)) => map
+            .iter()
+            .map(|(k, v)| match v {
+                Value::String(s) => Ok((k.clone(), s.clone())),
+                Value::Number(n) => Ok((k.clone(), n.to_string())),
+                Value::Bool(b) => Ok((k.clone(), b.to_string())),
+                _ => Err(type_error(key, "a map of strings")),
+            })
+            .collect::<Result<BTreeMap<_, _>, _>>()
+            .map(Some),
+        Some(_) => Err(type_error(key, "a map of strings")),
+    }
+}
+
+fn object_to_attrs(key: &str, value: &Value) -> Result<Attrs, ProviderError> {
+    match value {
+        Value::Object(map) => Ok(map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
+        _ => Err(type_error(key, "a block")),
+    }
+}
+
+/// A `Nesting::List` block: a list of objects (one object is taken as a list
+/// of one).
+pub(crate) fn blocks(attrs: &Attrs, key: &str) -> Result<Vec<Attrs>, ProviderError> {
+    match non_null(attrs, key) {
+        None => Ok(Vec::new()),
+        Some(Value::Array(items)) => items.iter().map(|v| object_to_attrs(key, v)).collect(),
+        Some(v @ Value::Object(_)) => Ok(vec![object_to_attrs(key, v)?]),
+        Some(_) => Err(type_error(key, "a list of blocks")),
+    }
+}
+
+/// A `Nesting::Single` block: one object (a list of one is accepted).
+pub(crate) fn block(attrs: &Attrs, key: &str) -> Result<Option<Attrs>, ProviderError> {
+    match non_null(attrs, key) {
+        None => Ok(None),
+        Some(v @ Value::Object(_)) => Ok(Some(object_to_attrs(key, v)?)),
+        Some(Value::Array(items)) if items.is_empty() => Ok(None),
+        Some(Value::Array(items)) if items.len() == 1 => Ok(Some(object_to_attrs(key, &items[0])?)),
+        Some(_) => Err(type_error(key, "a single block")),
+    }
+}
+
+/// The `labels { label = ..., value = ... }` blocks as a map; keys in
+/// berth's own `berth.` namespace are refused.
+pub(crate) fn user_labels(attrs: &Attrs) -> Result<BTreeMap<String, String>, ProviderError> {
+    let mut labels = BTreeMap::new();
+    for block in blocks(attrs, "labels")? {
+        let label = required_string(&block, "label")
+            .map_err(|_| ProviderError::Config("`labels.label` is required".to_owned()))?;
+        if label.starts_with("berth.") {
+            return Err(ProviderError::Config(format!(
+                "label `{label}` is in berth's reserved `berth.` namespace"
+            )));
+        }
+        let value = string(&block, "value")?.unwrap_or_default();
+        labels.insert(label, value);
+    }
+    Ok(labels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn attrs(v: Value) -> Attrs {
+        object_to_attrs("t", &v).unwrap()
+    }
+
+    #[test]
+    fn numbers_accept_floats_and_strings() {
+        let a = attrs(json!({"a": 5.0, "b": "7", "c": 1.5, "d": null}));
+        assert_eq!(int(&a, "a").unwrap(), Some(5));
+        assert_eq!(int(&a, "b").unwrap(), Some(7));
+        assert!(int(&a, "c").is_err());
+        assert_eq!(int(&a, "d").unwrap(), None);
+        assert_eq!(int(&a, "missing").unwrap(), None);
+    }
+
+    #[test]
+    fn blocks_accept_single_object() {
+        let a = attrs(json!({"ports": {"internal": 80}, "hc": [{"test": []}]}));
+        assert_eq!(blocks(&a, "ports").unwrap().len(), 1);
+        assert!(block(&a, "hc").unwrap().is_some());
+    }
+
+    #[test]
+    fn reserved_labels_are_refused() {
+        let a = attrs(json!({"labels": [{"label": "berth.env", "value": "x"}]}));
+        assert!(user_labels(&a).is_err());
+        let a = attrs(json!({"labels": [{"label": "team", "value": "x"}]}));
+        assert_eq!(user_labels(&a).unwrap()["team"], "x");
+    }
+}

@@ -1,0 +1,5 @@
+//! The `berth` binary: everything lives in the library's `cli` module.
+
+fn main() -> std::process::ExitCode {
+    berth::cli::main()
+}

@@ -1,0 +1,199 @@
+//! A session: one command's view of one environment — the loaded and
+//! validated configuration, its graph, the providers, and the locked state.
+//! Opening a session takes the state lock; closing it releases the lock.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use berth_provider::{Ownership, ProviderContext};
+use berth_state::sled_backend::SledBackend;
+use berth_state::{LockInfo, Snapshot, StateBackend};
+
+use crate::config::eval::Scope;
+use crate::config::vars::VarInputs;
+use crate::config::{self, Config};
+use crate::diag::{Diagnostic, Diagnostics};
+use crate::error::Error;
+use crate::graph::Graph;
+use crate::providers::Registry;
+
+/// What a command was asked to work on.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// The configuration file.
+    pub file: PathBuf,
+    /// The environment name.
+    pub env: String,
+    /// Variable inputs.
+    pub vars: VarInputs,
+}
+
+impl Target {
+    /// The state directory: `.berth/` beside the file.
+    pub fn state_dir(&self) -> PathBuf {
+        base_dir(&self.file).join(".berth")
+    }
+}
+
+fn base_dir(file: &Path) -> PathBuf {
+    match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// A loaded, validated configuration with its graph and evaluated inputs.
+pub struct Loaded {
+    /// The configuration.
+    pub config: Config,
+    /// Its dependency graph.
+    pub graph: Graph,
+    /// Providers.
+    pub registry: Registry,
+    /// Variables resolved; locals and resources are added while planning.
+    pub scope: Scope,
+    /// Warnings found on the way.
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// Loads, validates and resolves inputs, reporting every problem at once.
+pub fn load(target: &Target) -> Result<Loaded, Diagnostics> {
+    let config = config::load(&target.file)?;
+    config::functions::set_base_dir(&config.base_dir);
+    let registry = Registry::builtin(ProviderContext {
+        base_dir: config.base_dir.clone(),
+    });
+    let mut diags = config::validate::validate(&config, &registry);
+    for p in &config.providers {
+        if registry.by_name(&p.name).is_none() {
+            let names = registry.names();
+            let mut d = config.error(p.span.clone(), format!("unknown provider `{}`", p.name));
+            d = match crate::diag::closest(&p.name, names.iter().copied()) {
+                Some(best) => d.with_help(format!("did you mean `{best}`?")),
+                None => d.with_help(format!("available providers: {}", names.join(", "))),
+            };
+            diags.push(d);
+        }
+    }
+    let graph = match Graph::build(&config) {
+        Ok(g) => Some(g),
+        Err(d) => {
+            diags.extend(d);
+            None
+        }
+    };
+    let mut scope = Scope::new(&target.env);
+    if let Err(d) = config::vars::resolve(&config, &target.vars, &mut scope) {
+        diags.extend(d);
+    }
+    let (errors, warnings): (Vec<_>, Vec<_>) = diags
+        .0
+        .into_iter()
+        .partition(|d| d.severity == crate::diag::Severity::Error);
+    match graph {
+        Some(graph) if errors.is_empty() => Ok(Loaded {
+            config,
+            graph,
+            registry,
+            scope,
+            warnings,
+        }),
+        _ => Err(Diagnostics(errors.into_iter().chain(warnings).collect())),
+    }
+}
+
+/// A loaded configuration with the state locked.
+pub struct Session {
+    /// The configuration and friends.
+    pub loaded: Loaded,
+    /// The state store.
+    pub backend: Arc<dyn StateBackend>,
+    /// The state as read when the session opened.
+    pub snapshot: Snapshot,
+    /// The owner labels of this environment.
+    pub owner: Ownership,
+    /// The environment.
+    pub env: String,
+    lock_id: String,
+}
+
+impl Session {
+    /// Locks the state of `target`'s environment and reads it.
+    pub async fn open(target: &Target, loaded: Loaded, operation: &str) -> Result<Self, Error> {
+        let backend: Arc<dyn StateBackend> = Arc::new(open_backend(target)?);
+        let info = LockInfo::new(operation, &backend.describe());
+        backend.lock(&info).await?;
+        let snapshot = match backend.read().await {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = backend.unlock(&info.id).await;
+                return Err(e.into());
+            }
+        };
+        let owner = Ownership {
+            env: target.env.clone(),
+            lineage: snapshot.lineage.clone(),
+        };
+        Ok(Self {
+            loaded,
+            backend,
+            snapshot,
+            owner,
+            env: target.env.clone(),
+            lock_id: info.id,
+        })
+    }
+
+    /// Configures every provider that the configuration or the state uses.
+    pub async fn configure_providers(&self) -> Result<(), Error> {
+        let mut used: BTreeSet<&'static str> = BTreeSet::new();
+        let types = self
+            .loaded
+            .config
+            .resources
+            .iter()
+            .map(|r| r.type_name.as_str())
+            .chain(self.snapshot.resources.values().map(|r| r.type_name.as_str()));
+        for t in types {
+            if let Some(p) = self.loaded.registry.provider_for(t) {
+                used.insert(p.name());
+            }
+        }
+        for name in used {
+            let Some(provider) = self.loaded.registry.by_name(name) else { continue };
+            let block = self.loaded.config.providers.iter().find(|p| p.name == name);
+            let mut attrs = berth_provider::Attrs::new();
+            if let Some(block) = block {
+                for attr in &block.body.attrs {
+                    match self.loaded.scope.eval(&self.loaded.config, &attr.value) {
+                        Ok(crate::config::eval::PValue::Known(v)) => {
+                            attrs.insert(attr.name.clone(), v);
+                        }
+                        Ok(crate::config::eval::PValue::Unknown) => {}
+                        Err(d) => return Err(Error::Config(d.into())),
+                    }
+                }
+            }
+            provider
+                .configure(&attrs)
+                .await
+                .map_err(|e| Error::Provider {
+                    address: format!("provider \"{name}\""),
+                    source: e,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Releases the lock.
+    pub async fn close(self) -> Result<(), Error> {
+        self.backend.unlock(&self.lock_id).await?;
+        Ok(())
+    }
+}
+
+/// Opens the state store of `target` without locking it.
+pub fn open_backend(target: &Target) -> Result<SledBackend, Error> {
+    Ok(SledBackend::open(&target.state_dir(), &target.env)?)
+}
