@@ -3,21 +3,22 @@
 # it into the Docker build context examples/local/app/ (FROM scratch), so that
 # berth's examples, tests and benchmarks can build the image from there.
 #
-# usage: scripts/build-demo-image.sh [--image TAG] [--smoke-test]
+# usage: scripts/build-demo-image.sh [--image TAG [--label KEY=VALUE]] [--smoke-test]
 #   --image TAG    also `docker build` the context as TAG (kept; labelled
-#                  berth.demo-app=1)
+#                  KEY=VALUE, default berth.demo-app=1)
 #   --smoke-test   build a throwaway image, run it, GET /api/ping and
 #                  /api/fibonacci/10 through a published ephemeral port, run
 #                  the in-image healthcheck, check `docker stop` ends it with
 #                  exit code 0 (SIGTERM handled as PID 1), then remove the
 #                  container and image (both labelled berth.test=demo-build)
 set -euo pipefail
-# shellcheck source=lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 TARGET=x86_64-unknown-linux-gnu
 CONTEXT="$BERTH_ROOT/examples/local/app"
 image_tag=""
+image_label=berth.demo-app=1
 smoke=0
 while (($#)); do
     case "$1" in
@@ -25,12 +26,16 @@ while (($#)); do
         image_tag="${2:?--image needs a tag}"
         shift 2
         ;;
+    --label)
+        image_label="${2:?--label needs KEY=VALUE}"
+        shift 2
+        ;;
     --smoke-test)
         smoke=1
         shift
         ;;
     -h | --help)
-        sed -n '2,15p' "$0"
+        awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
         exit 0
         ;;
     *) die "unknown argument: $1 (see --help)" ;;
@@ -79,7 +84,7 @@ docker_build() { # TAG LABEL
 
 if [[ -n "$image_tag" ]]; then
     section "demo app: docker build $image_tag"
-    docker_build "$image_tag" berth.demo-app=1
+    docker_build "$image_tag" "$image_label"
     log "built image $image_tag ($(docker image inspect -f '{{.Id}}' "$image_tag"))"
 fi
 
@@ -90,7 +95,7 @@ label=berth.test=demo-build
 tag="berth-demo-app-smoke:$$-$RANDOM"
 cid=""
 cleanup() {
-    [[ -n "$cid" ]] && docker rm -f "$cid" >/dev/null 2>&1 || true
+    if [[ -n "$cid" ]]; then docker rm -f "$cid" >/dev/null 2>&1 || true; fi
     docker rmi -f "$tag" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT

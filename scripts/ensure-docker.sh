@@ -7,7 +7,7 @@
 # Env: BERTH_DOCKERD_LOG (default /var/log/berth-dockerd.log),
 #      BERTH_DOCKER_WAIT (seconds to wait for the engine, default 60).
 set -euo pipefail
-# shellcheck source=lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 export DEBIAN_FRONTEND=noninteractive
@@ -27,7 +27,9 @@ fi
 if ! command -v dockerd >/dev/null 2>&1 || ! command -v docker >/dev/null 2>&1; then
     [[ "$(id -u)" == 0 ]] || die "dockerd is missing and installing it needs root"
     log "installing docker.io (dockerd) from Debian"
-    apt_install docker.io
+    # cgroupfs-mount: a Recommends of docker.io, skipped by
+    # --no-install-recommends; used below on machines without cgroup mounts.
+    apt_install docker.io cgroupfs-mount
 fi
 command -v dockerd >/dev/null 2>&1 || die "dockerd still missing after installing docker.io"
 
@@ -46,6 +48,13 @@ if [[ -n "$running_pid" ]]; then
     log "dockerd already running (pid $running_pid); waiting for it to answer"
 else
     [[ "$(id -u)" == 0 ]] || die "starting dockerd needs root"
+    # Without an init system nothing may have mounted the cgroup hierarchies
+    # dockerd needs.
+    if ! grep -qE '^[^ ]+ [^ ]+ cgroup2? ' /proc/mounts; then
+        command -v cgroupfs-mount >/dev/null 2>&1 || apt_install cgroupfs-mount
+        log "mounting cgroup hierarchies (cgroupfs-mount)"
+        cgroupfs-mount
+    fi
     mkdir -p "$(dirname "$LOG_FILE")"
     log "starting dockerd in the background (log: $LOG_FILE)"
     # setsid + nohup: the daemon outlives this script and its process group.

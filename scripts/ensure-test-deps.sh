@@ -3,7 +3,7 @@
 # Docker engine plus a few Debian packages. Installs only what is missing;
 # safe to run again and again.
 set -euo pipefail
-# shellcheck source=lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 bash "$(dirname "${BASH_SOURCE[0]}")/ensure-docker.sh"
@@ -25,4 +25,5 @@ else
 fi
 
 # sshd refuses to start without its privilege-separation directory.
+# shellcheck disable=SC2174 # only /run/sshd itself is created
 mkdir -p -m0755 /run/sshd

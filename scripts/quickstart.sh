@@ -5,7 +5,7 @@
 #
 # usage: scripts/quickstart.sh [extra `berth apply` arguments]
 set -euo pipefail
-# shellcheck source=lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$BERTH_ROOT"
 

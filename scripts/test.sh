@@ -6,7 +6,7 @@
 # Env: BERTH_TEST_RUNNER=cargo-test forces `cargo test` even when
 #      cargo-nextest is installed.
 set -euo pipefail
-# shellcheck source=lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$BERTH_ROOT"
 

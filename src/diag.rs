@@ -178,7 +178,7 @@ impl miette::Diagnostic for Rendered<'_> {
         let (_, span) = self.0.location.as_ref()?;
         let len = span.end.saturating_sub(span.start).max(1);
         let label = miette::LabeledSpan::new(
-            Some(self.0.label.clone().unwrap_or_else(|| "here".to_owned())),
+            self.0.label.clone(),
             span.start,
             len,
         );

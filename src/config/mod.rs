@@ -237,10 +237,11 @@ pub fn load(path: &Path) -> Result<Config, Diagnostics> {
     let name = path.display().to_string();
     let bytes = read_bounded(path).map_err(|e| Diagnostic::bare(format!("cannot read `{name}`: {e}")))?;
     let text = String::from_utf8(bytes).map_err(|e| {
-        Diagnostic::bare(format!(
-            "`{name}` is not valid UTF-8 (invalid byte at offset {})",
-            e.utf8_error().valid_up_to()
-        ))
+        let valid = e.utf8_error().valid_up_to();
+        let prefix = String::from_utf8_lossy(&e.as_bytes()[..valid]);
+        let line = prefix.matches('\n').count() + 1;
+        let col = prefix.rsplit('\n').next().map(|l| l.chars().count() + 1).unwrap_or(1);
+        Diagnostic::bare(format!("{name}:{line}:{col}: the file is not valid UTF-8"))
     })?;
     let base_dir = path
         .parent()

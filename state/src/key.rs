@@ -66,7 +66,10 @@ impl StateKey {
     /// The keyed hash of `value`: `hmac-sha256:<hex>` over its canonical JSON
     /// encoding (object keys sorted, no whitespace).
     pub fn hash(&self, value: &Value) -> String {
-        format!("{PREFIX}{}", hex::encode(self.mac(value).finalize().into_bytes()))
+        format!(
+            "{PREFIX}{}",
+            hex::encode(self.mac(value).finalize().into_bytes())
+        )
     }
 
     /// `attrs` with every top-level attribute named in `sensitive` replaced by
@@ -124,11 +127,13 @@ pub(crate) fn load_or_create_with(
         message,
     };
     match std::fs::read_to_string(&path) {
-        Ok(text) => return parse_hex(&text).map(StateKey::from_bytes).ok_or_else(|| {
-            store_err(format!(
-                "the key file is not 64 hex characters; restore it, or set {KEY_ENV}"
-            ))
-        }),
+        Ok(text) => {
+            return parse_hex(&text).map(StateKey::from_bytes).ok_or_else(|| {
+                store_err(format!(
+                    "the key file is not 64 hex characters; restore it, or set {KEY_ENV}"
+                ))
+            });
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(store_err(format!("cannot read the key file: {e}"))),
     }
@@ -274,11 +279,17 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(nested.join(KEY_FILE)).unwrap().permissions().mode();
+            let mode = std::fs::metadata(nested.join(KEY_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
         // No temporary files left behind.
-        let names: Vec<_> = std::fs::read_dir(&nested).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = std::fs::read_dir(&nested)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, vec![std::ffi::OsString::from(KEY_FILE)]);
     }
 
@@ -289,7 +300,10 @@ mod tests {
         let k = load_or_create_with(dir.path(), Some(hex64)).unwrap();
         assert_eq!(k, StateKey::from_bytes([0x11; 32]));
         let derived = load_or_create_with(dir.path(), Some("correct horse".into())).unwrap();
-        assert_eq!(derived, StateKey::from_bytes(Sha256::digest(b"correct horse").into()));
+        assert_eq!(
+            derived,
+            StateKey::from_bytes(Sha256::digest(b"correct horse").into())
+        );
         // The environment path never writes a key file.
         assert!(!dir.path().join(KEY_FILE).exists());
         // An empty value counts as unset.

@@ -127,13 +127,17 @@ pub trait StateBackend: Send + Sync {
     async fn read(&self) -> Result<Snapshot, StateError>;
 
     /// Records one resource and bumps the serial. Requires the lock.
-    async fn put_resource(&self, address: &str, record: &ResourceRecord) -> Result<u64, StateError>;
+    async fn put_resource(&self, address: &str, record: &ResourceRecord)
+    -> Result<u64, StateError>;
 
     /// Forgets one resource and bumps the serial. Requires the lock.
     async fn remove_resource(&self, address: &str) -> Result<u64, StateError>;
 
     /// Replaces all outputs and bumps the serial. Requires the lock.
-    async fn put_outputs(&self, outputs: &BTreeMap<String, OutputRecord>) -> Result<u64, StateError>;
+    async fn put_outputs(
+        &self,
+        outputs: &BTreeMap<String, OutputRecord>,
+    ) -> Result<u64, StateError>;
 
     /// The key that hashes this state's secrets.
     fn key(&self) -> &StateKey;

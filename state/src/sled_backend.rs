@@ -127,9 +127,12 @@ impl SledBackend {
     }
 
     fn held(&self) -> Result<MutexGuard<'_, Option<Held>>, StateError> {
-        self.held
-            .lock()
-            .map_err(|_| store_err(&self.env_dir, "a thread panicked while using the store".into()))
+        self.held.lock().map_err(|_| {
+            store_err(
+                &self.env_dir,
+                "a thread panicked while using the store".into(),
+            )
+        })
     }
 
     fn sled_err(&self, what: &str, e: sled::Error) -> StateError {
@@ -158,7 +161,10 @@ impl SledBackend {
     }
 
     /// Runs `f` on the open database.
-    fn with_db<T>(&self, f: impl FnOnce(&sled::Db) -> Result<T, StateError>) -> Result<T, StateError> {
+    fn with_db<T>(
+        &self,
+        f: impl FnOnce(&sled::Db) -> Result<T, StateError>,
+    ) -> Result<T, StateError> {
         let held = self.held()?;
         match held.as_ref() {
             Some(h) => f(&h.db),
@@ -175,11 +181,16 @@ impl SledBackend {
                 key: "meta/serial".to_owned(),
                 message: "the serial is at its maximum".to_owned(),
             })?;
-            if db.get(LINEAGE).map_err(|e| self.sled_err("cannot read", e))?.is_none() {
+            if db
+                .get(LINEAGE)
+                .map_err(|e| self.sled_err("cannot read", e))?
+                .is_none()
+            {
                 batch.insert(LINEAGE, new_lineage().as_bytes());
             }
             batch.insert(SERIAL, &next.to_be_bytes());
-            db.apply_batch(batch).map_err(|e| self.sled_err("cannot write", e))?;
+            db.apply_batch(batch)
+                .map_err(|e| self.sled_err("cannot write", e))?;
             db.flush().map_err(|e| self.sled_err("cannot flush", e))?;
             Ok(next)
         })
@@ -218,7 +229,10 @@ impl StateBackend for SledBackend {
             }
         }
         if !created {
-            return Err(store_err(&path, "the lock keeps appearing and vanishing".to_owned()));
+            return Err(store_err(
+                &path,
+                "the lock keeps appearing and vanishing".to_owned(),
+            ));
         }
 
         // The lock file is ours: open the database (sled takes its own
@@ -258,7 +272,11 @@ impl StateBackend for SledBackend {
             Some(_) => {}
         }
         let flushed = match held.take() {
-            Some(h) => h.db.flush().map(drop).map_err(|e| self.sled_err("cannot flush", e)),
+            Some(h) => {
+                h.db.flush()
+                    .map(drop)
+                    .map_err(|e| self.sled_err("cannot flush", e))
+            }
             None => Ok(()),
         };
         drop(held);
@@ -297,7 +315,8 @@ impl StateBackend for SledBackend {
                     if db.get(SERIAL).map_err(rd)?.is_none() {
                         batch.insert(SERIAL, &0u64.to_be_bytes());
                     }
-                    db.apply_batch(batch).map_err(|e| self.sled_err("cannot write", e))?;
+                    db.apply_batch(batch)
+                        .map_err(|e| self.sled_err("cannot write", e))?;
                     db.flush().map_err(|e| self.sled_err("cannot flush", e))?;
                     lineage
                 }
@@ -331,7 +350,11 @@ impl StateBackend for SledBackend {
         })
     }
 
-    async fn put_resource(&self, address: &str, record: &ResourceRecord) -> Result<u64, StateError> {
+    async fn put_resource(
+        &self,
+        address: &str,
+        record: &ResourceRecord,
+    ) -> Result<u64, StateError> {
         let value = serde_json::to_vec(record)
             .map_err(|e| store_err(&self.db_path(), format!("cannot encode `{address}`: {e}")))?;
         let mut batch = sled::Batch::default();
@@ -345,7 +368,10 @@ impl StateBackend for SledBackend {
         self.write(batch)
     }
 
-    async fn put_outputs(&self, outputs: &BTreeMap<String, OutputRecord>) -> Result<u64, StateError> {
+    async fn put_outputs(
+        &self,
+        outputs: &BTreeMap<String, OutputRecord>,
+    ) -> Result<u64, StateError> {
         let value = serde_json::to_vec(outputs)
             .map_err(|e| store_err(&self.db_path(), format!("cannot encode the outputs: {e}")))?;
         let mut batch = sled::Batch::default();
@@ -390,10 +416,7 @@ fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, 
     })
 }
 
-fn read_serial(
-    db: &sled::Db,
-    rd: impl Fn(sled::Error) -> StateError,
-) -> Result<u64, StateError> {
+fn read_serial(db: &sled::Db, rd: impl Fn(sled::Error) -> StateError) -> Result<u64, StateError> {
     match db.get(SERIAL).map_err(rd)? {
         None => Ok(0),
         Some(v) => <[u8; 8]>::try_from(v.as_ref())
@@ -408,12 +431,14 @@ fn read_serial(
 /// The lock file's holder, or `None` when there is no lock file.
 fn read_lock_file(path: &Path) -> Result<Option<LockInfo>, StateError> {
     match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| StateError::Corrupt {
-            key: path.display().to_string(),
-            message: format!(
-                "{e}; if no berth process is using this state, delete the file by hand"
-            ),
-        }),
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StateError::Corrupt {
+                key: path.display().to_string(),
+                message: format!(
+                    "{e}; if no berth process is using this state, delete the file by hand"
+                ),
+            }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(store_err(path, format!("cannot read the lock: {e}"))),
     }
@@ -425,7 +450,14 @@ fn new_lineage() -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h = hex::encode(b);
-    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
 }
 
 /// An environment name as one safe directory name: bytes outside
@@ -468,7 +500,18 @@ mod tests {
 
     #[test]
     fn env_names_escape_reversibly_to_one_safe_component() {
-        for name in ["default", "review/feat-x", "a b", ".", "..", ".hidden", "x.y", "ünï", "%41", "a\\b"] {
+        for name in [
+            "default",
+            "review/feat-x",
+            "a b",
+            ".",
+            "..",
+            ".hidden",
+            "x.y",
+            "ünï",
+            "%41",
+            "a\\b",
+        ] {
             let dir = escape_env(name);
             assert!(!dir.contains('/') && !dir.contains('\\'), "{dir}");
             assert!(dir != "." && dir != ".." && !dir.starts_with('.'), "{dir}");

@@ -22,7 +22,10 @@ fn record(id: &str, attrs: Attrs) -> ResourceRecord {
 }
 
 fn attrs(pairs: &[(&str, serde_json::Value)]) -> Attrs {
-    pairs.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect()
 }
 
 async fn locked(dir: &Path, env: &str) -> (SledBackend, LockInfo) {
@@ -35,11 +38,29 @@ async fn locked(dir: &Path, env: &str) -> (SledBackend, LockInfo) {
 #[tokio::test]
 async fn records_and_outputs_round_trip_across_reopen() {
     let dir = tempfile::tempdir().unwrap();
-    let web = record("c0ffee", attrs(&[("image", json!("nginx:1.27")), ("ports", json!([80, 443]))]));
-    let db = record("d00d", attrs(&[("image", json!("postgres:17")), ("env", json!({"A": "1"}))]));
+    let web = record(
+        "c0ffee",
+        attrs(&[("image", json!("nginx:1.27")), ("ports", json!([80, 443]))]),
+    );
+    let db = record(
+        "d00d",
+        attrs(&[("image", json!("postgres:17")), ("env", json!({"A": "1"}))]),
+    );
     let outputs: BTreeMap<String, OutputRecord> = [
-        ("url".to_owned(), OutputRecord { value: Some(json!("http://web")), sensitive: false }),
-        ("token".to_owned(), OutputRecord { value: None, sensitive: true }),
+        (
+            "url".to_owned(),
+            OutputRecord {
+                value: Some(json!("http://web")),
+                sensitive: false,
+            },
+        ),
+        (
+            "token".to_owned(),
+            OutputRecord {
+                value: None,
+                sensitive: true,
+            },
+        ),
     ]
     .into_iter()
     .collect();
@@ -86,7 +107,12 @@ async fn every_write_bumps_the_serial() {
 async fn a_write_before_any_read_still_gets_a_lineage() {
     let dir = tempfile::tempdir().unwrap();
     let (b, _) = locked(dir.path(), "default").await;
-    assert_eq!(b.put_resource("a.a", &record("x", Attrs::new())).await.unwrap(), 1);
+    assert_eq!(
+        b.put_resource("a.a", &record("x", Attrs::new()))
+            .await
+            .unwrap(),
+        1
+    );
     let snap = b.read().await.unwrap();
     assert_eq!(snap.lineage.len(), 36);
     assert_eq!(snap.lineage, b.read().await.unwrap().lineage);
@@ -97,9 +123,18 @@ async fn nothing_works_without_the_lock() {
     let dir = tempfile::tempdir().unwrap();
     let b = SledBackend::open(dir.path(), "default").unwrap();
     assert!(matches!(b.read().await, Err(StateError::NotLocked)));
-    assert!(matches!(b.put_resource("a.a", &record("x", Attrs::new())).await, Err(StateError::NotLocked)));
-    assert!(matches!(b.remove_resource("a.a").await, Err(StateError::NotLocked)));
-    assert!(matches!(b.put_outputs(&BTreeMap::new()).await, Err(StateError::NotLocked)));
+    assert!(matches!(
+        b.put_resource("a.a", &record("x", Attrs::new())).await,
+        Err(StateError::NotLocked)
+    ));
+    assert!(matches!(
+        b.remove_resource("a.a").await,
+        Err(StateError::NotLocked)
+    ));
+    assert!(matches!(
+        b.put_outputs(&BTreeMap::new()).await,
+        Err(StateError::NotLocked)
+    ));
     assert!(matches!(b.unlock("nope").await, Err(StateError::NotLocked)));
 
     let info = LockInfo::new("apply", "x");
@@ -125,7 +160,10 @@ async fn second_locker_is_told_who_holds_the_lock() {
         other => panic!("expected Locked, got {other:?}"),
     }
     let message = err.to_string();
-    assert!(message.contains(&info.id) && message.contains("Operation: apply"), "{message}");
+    assert!(
+        message.contains(&info.id) && message.contains("Operation: apply"),
+        "{message}"
+    );
 
     // Unlocking with someone else's id is refused and keeps the lock.
     assert!(matches!(
@@ -143,7 +181,9 @@ async fn dropping_a_locked_backend_releases_the_lock() {
     let dir = tempfile::tempdir().unwrap();
     {
         let (b, _) = locked(dir.path(), "default").await;
-        b.put_resource("a.a", &record("x", Attrs::new())).await.unwrap();
+        b.put_resource("a.a", &record("x", Attrs::new()))
+            .await
+            .unwrap();
     }
     let (b, _) = locked(dir.path(), "default").await;
     assert_eq!(b.read().await.unwrap().serial, 1);
@@ -155,18 +195,32 @@ async fn environments_are_isolated_and_listed_by_name() {
     assert!(SledBackend::list_envs(dir.path()).unwrap().is_empty());
     let (prod, _) = locked(dir.path(), "prod").await;
     let (review, _) = locked(dir.path(), "review/feat-x").await;
-    prod.put_resource("a.prod", &record("p", Attrs::new())).await.unwrap();
-    review.put_resource("a.review", &record("r", Attrs::new())).await.unwrap();
-    review.put_resource("a.review2", &record("r", Attrs::new())).await.unwrap();
+    prod.put_resource("a.prod", &record("p", Attrs::new()))
+        .await
+        .unwrap();
+    review
+        .put_resource("a.review", &record("r", Attrs::new()))
+        .await
+        .unwrap();
+    review
+        .put_resource("a.review2", &record("r", Attrs::new()))
+        .await
+        .unwrap();
 
     let p = prod.read().await.unwrap();
     let r = review.read().await.unwrap();
     assert_eq!(p.resources.keys().collect::<Vec<_>>(), ["a.prod"]);
-    assert_eq!(r.resources.keys().collect::<Vec<_>>(), ["a.review", "a.review2"]);
+    assert_eq!(
+        r.resources.keys().collect::<Vec<_>>(),
+        ["a.review", "a.review2"]
+    );
     assert_eq!((p.serial, r.serial), (1, 2));
     assert_ne!(p.lineage, r.lineage);
 
-    assert_eq!(SledBackend::list_envs(dir.path()).unwrap(), ["prod", "review/feat-x"]);
+    assert_eq!(
+        SledBackend::list_envs(dir.path()).unwrap(),
+        ["prod", "review/feat-x"]
+    );
     assert_eq!(review.env(), "review/feat-x");
     assert_eq!(review.env_dir().parent().unwrap(), dir.path().join("envs"));
     assert!(review.describe().starts_with("sled store at "));
@@ -179,7 +233,10 @@ async fn environments_are_isolated_and_listed_by_name() {
 async fn force_unlock_needs_the_current_id() {
     let dir = tempfile::tempdir().unwrap();
     let (holder, info) = locked(dir.path(), "default").await;
-    holder.put_resource("a.a", &record("x", Attrs::new())).await.unwrap();
+    holder
+        .put_resource("a.a", &record("x", Attrs::new()))
+        .await
+        .unwrap();
 
     let other = SledBackend::open(dir.path(), "default").unwrap();
     match other.force_unlock("wrong").await {
@@ -189,7 +246,10 @@ async fn force_unlock_needs_the_current_id() {
         }
         other => panic!("expected LockMismatch, got {other:?}"),
     }
-    assert!(other.lock(&LockInfo::new("apply", "x")).await.is_err(), "still locked");
+    assert!(
+        other.lock(&LockInfo::new("apply", "x")).await.is_err(),
+        "still locked"
+    );
 
     // The holder closes its database when its lock is forced away (in
     // berth the holder is a dead process; here it is the same one).
@@ -202,7 +262,11 @@ async fn force_unlock_needs_the_current_id() {
     other.lock(&next).await.unwrap();
     assert_eq!(other.read().await.unwrap().serial, 1);
     drop(holder);
-    assert_eq!(other.lock_holder().unwrap().map(|h| h.id), Some(next.id), "drop left the new lock alone");
+    assert_eq!(
+        other.lock_holder().unwrap().map(|h| h.id),
+        Some(next.id),
+        "drop left the new lock alone"
+    );
 }
 
 #[tokio::test]
@@ -212,7 +276,11 @@ async fn a_dead_holder_on_this_host_is_reported_stale() {
     let mut dead = LockInfo::new("apply", "x");
     dead.pid = 999_999_999;
     std::fs::create_dir_all(b.env_dir()).unwrap();
-    std::fs::write(b.env_dir().join("lock.json"), serde_json::to_vec(&dead).unwrap()).unwrap();
+    std::fs::write(
+        b.env_dir().join("lock.json"),
+        serde_json::to_vec(&dead).unwrap(),
+    )
+    .unwrap();
 
     let err = b.lock(&LockInfo::new("plan", "x")).await.unwrap_err();
     match &err {
@@ -224,7 +292,10 @@ async fn a_dead_holder_on_this_host_is_reported_stale() {
     }
     let message = err.to_string();
     assert!(message.contains("no longer running"), "{message}");
-    assert!(message.contains(&format!("berth force-unlock {}", dead.id)), "{message}");
+    assert!(
+        message.contains(&format!("berth force-unlock {}", dead.id)),
+        "{message}"
+    );
     // Stale locks are reported, never removed behind the user's back.
     assert!(b.env_dir().join("lock.json").exists());
 
@@ -243,7 +314,8 @@ async fn secrets_never_reach_the_disk() {
     let mut rec = record("c0ffee", b.key().redact(&raw, &sensitive));
     rec.sensitive = sensitive;
     b.put_resource("docker_container.web", &rec).await.unwrap();
-    let stored = b.read().await.unwrap().resources["docker_container.web"].attrs["password"].clone();
+    let stored =
+        b.read().await.unwrap().resources["docker_container.web"].attrs["password"].clone();
     assert!(b.key().matches(&json!(SECRET), &stored));
     b.unlock(&info.id).await.unwrap();
 
@@ -263,7 +335,10 @@ async fn secrets_never_reach_the_disk() {
 }
 
 fn count(haystack: &[u8], needle: &[u8]) -> usize {
-    haystack.windows(needle.len()).filter(|w| *w == needle).count()
+    haystack
+        .windows(needle.len())
+        .filter(|w| *w == needle)
+        .count()
 }
 
 /// Writes raw bytes into an environment's database behind the backend's back.
@@ -287,14 +362,20 @@ async fn corrupt_records_are_errors_not_panics() {
         let dir = tempfile::tempdir().unwrap();
         {
             let (b, info) = locked(dir.path(), "default").await;
-            b.put_resource("docker_container.ok", &record("x", Attrs::new())).await.unwrap();
+            b.put_resource("docker_container.ok", &record("x", Attrs::new()))
+                .await
+                .unwrap();
             b.unlock(&info.id).await.unwrap();
         }
         poke(dir.path(), "default", key, value);
         let (b, _) = locked(dir.path(), "default").await;
         match b.read().await {
             Err(StateError::Corrupt { key: k, message }) => {
-                let want = String::from_utf8_lossy(if key.starts_with(b"res/") { b"res/" } else { key });
+                let want = String::from_utf8_lossy(if key.starts_with(b"res/") {
+                    b"res/"
+                } else {
+                    key
+                });
                 assert!(k.starts_with(&*want), "key {k:?} for {want:?}");
                 assert!(!message.is_empty());
             }
@@ -330,5 +411,8 @@ async fn corrupt_lock_file_is_reported() {
 #[test]
 fn empty_env_name_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    assert!(matches!(SledBackend::open(dir.path(), ""), Err(StateError::Store { .. })));
+    assert!(matches!(
+        SledBackend::open(dir.path(), ""),
+        Err(StateError::Store { .. })
+    ));
 }

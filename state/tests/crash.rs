@@ -47,7 +47,10 @@ async fn crash_child_writer() {
     backend.lock(&info).await.unwrap();
     println!("@@LOCK {}", info.id);
     for i in 0.. {
-        let serial = backend.put_resource(&format!("r.n{i}"), &record(i)).await.unwrap();
+        let serial = backend
+            .put_resource(&format!("r.n{i}"), &record(i))
+            .await
+            .unwrap();
         println!("@@WROTE {i} {serial}");
     }
 }
@@ -56,7 +59,12 @@ async fn crash_child_writer() {
 async fn killed_writer_leaves_a_whole_state() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "crash_child_writer", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "crash_child_writer",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(DIR_VAR, dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -114,11 +122,18 @@ async fn killed_writer_leaves_a_whole_state() {
         serial == acked || serial == acked + 1,
         "serial {serial} after {acked} acknowledged writes"
     );
-    assert_eq!(snap.resources.len(), serial, "each write is a record and a serial, together");
+    assert_eq!(
+        snap.resources.len(),
+        serial,
+        "each write is a record and a serial, together"
+    );
     for i in 0..serial {
         assert_eq!(snap.resources[&format!("r.n{i}")], record(i));
     }
 
     // The recovered state takes new writes.
-    assert_eq!(backend.put_resource("r.after", &record(0)).await.unwrap(), snap.serial + 1);
+    assert_eq!(
+        backend.put_resource("r.after", &record(0)).await.unwrap(),
+        snap.serial + 1
+    );
 }
