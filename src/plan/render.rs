@@ -19,7 +19,8 @@ const SENSITIVE: &str = "(sensitive value)";
 /// Renders the whole plan.
 pub fn render(plan: &Plan, schemas: &dyn SchemaLookup) -> String {
     let mut out = String::new();
-    let shown: Vec<&ResourceChange> = plan.changes.iter().filter(|c| c.action != Action::NoOp).collect();
+    let mut shown: Vec<&ResourceChange> = plan.changes.iter().filter(|c| c.action != Action::NoOp).collect();
+    shown.sort_by(|a, b| a.address.cmp(&b.address));
     if shown.is_empty() {
         let _ = writeln!(
             out,
@@ -29,8 +30,6 @@ pub fn render(plan: &Plan, schemas: &dyn SchemaLookup) -> String {
         return out;
     }
     let used: BTreeSet<Action> = shown.iter().map(|c| c.action).collect();
-    out.push_str("berth will perform the following actions");
-    out.push_str(":\n");
     let _ = writeln!(out, "Resource actions are indicated with the following symbols:");
     for action in &used {
         let text = match action {
@@ -43,7 +42,7 @@ pub fn render(plan: &Plan, schemas: &dyn SchemaLookup) -> String {
         };
         let _ = writeln!(out, "{:>5} {text}", action.symbol());
     }
-    out.push('\n');
+    let _ = writeln!(out, "\nberth will perform the following actions:\n");
     for change in shown {
         render_change(&mut out, change, schemas.schema(&change.type_name));
         out.push('\n');
@@ -103,11 +102,24 @@ fn render_change(out: &mut String, change: &ResourceChange, schema: Option<&Reso
             names.insert(a.name.to_owned());
         }
     }
-    let width = names.iter().map(|n| n.chars().count()).max().unwrap_or(0);
+    let is_block_name = |n: &str| schema.is_some_and(|s| s.block(n).is_some());
+    let width = names
+        .iter()
+        .filter(|n| !is_block_name(n))
+        .map(|n| n.chars().count())
+        .max()
+        .unwrap_or(0);
+    // Attributes first, then nested blocks, as Terraform prints them.
+    let names: Vec<String> = names
+        .iter()
+        .filter(|n| !is_block_name(n))
+        .chain(names.iter().filter(|n| is_block_name(n)))
+        .cloned()
+        .collect();
     let mut hidden = 0usize;
     if matches!(change.action, Action::Update | Action::Replace) {
         let all: BTreeSet<&String> = before.keys().chain(after.keys()).collect();
-        hidden = all.iter().filter(|n| !names.contains(n.as_str())).count();
+        hidden = all.iter().filter(|n| !names.contains(*n)).count();
     }
     for attr in &names {
         let sensitive = change.sensitive.contains(attr);
@@ -117,6 +129,47 @@ fn render_change(out: &mut String, change: &ResourceChange, schema: Option<&Reso
         let force = if change.forces_replacement.contains(attr) { " # forces replacement" } else { "" };
         let pad = width.saturating_sub(attr.chars().count());
         let show = |v: &Value| if sensitive { SENSITIVE.to_owned() } else { value(v, 6) };
+        let is_block = schema.is_some_and(|s| s.block(attr).is_some());
+        if is_block && !sensitive {
+            let old_v = old.filter(|v| !v.is_null());
+            let new_v = match new {
+                Some(PValue::Known(v)) if !v.is_null() => Some(v),
+                _ => None,
+            };
+            let unknown = matches!(new, Some(PValue::Unknown));
+            let changed = change.changed.contains(attr);
+            match change.action {
+                Action::Create => {
+                    if let Some(v) = new_v {
+                        blocks(out, "+", attr, v, "");
+                    } else if unknown {
+                        let _ = writeln!(out, "      + {attr} {{ {KNOWN_AFTER_APPLY} }}");
+                    }
+                }
+                Action::Delete => {
+                    if let Some(v) = old_v {
+                        blocks(out, "-", attr, v, "");
+                    }
+                }
+                Action::Adopt => {
+                    if let Some(v) = old_v {
+                        blocks(out, " ", attr, v, "");
+                    }
+                }
+                _ if changed => {
+                    if let Some(v) = old_v {
+                        blocks(out, "-", attr, v, "");
+                    }
+                    if let Some(v) = new_v {
+                        blocks(out, "+", attr, v, force);
+                    } else if unknown {
+                        let _ = writeln!(out, "      + {attr} {{ {KNOWN_AFTER_APPLY} }}{force}");
+                    }
+                }
+                _ => {}
+            }
+            continue;
+        }
         let line = match change.action {
             Action::Create => match new {
                 Some(PValue::Known(v)) if v.is_null() => continue,
@@ -176,6 +229,28 @@ fn render_change(out: &mut String, change: &ResourceChange, schema: Option<&Reso
         );
     }
     out.push_str("    }\n");
+}
+
+/// Renders `value` (one object, or a list of them) as nested blocks.
+fn blocks(out: &mut String, marker: &str, name: &str, block: &Value, note: &str) {
+    let items: Vec<&Value> = match block {
+        Value::Array(items) => items.iter().collect(),
+        other => vec![other],
+    };
+    for item in items {
+        let _ = writeln!(out, "      {marker} {name} {{{note}");
+        if let Value::Object(map) = item {
+            let width = map.keys().map(|k| k.chars().count()).max().unwrap_or(0);
+            for (k, v) in map {
+                if v.is_null() {
+                    continue;
+                }
+                let gap = width - k.chars().count();
+                let _ = writeln!(out, "          {marker} {k}{:gap$} = {}", "", value(v, 10));
+            }
+        }
+        let _ = writeln!(out, "        }}");
+    }
 }
 
 /// A value in HCL-like syntax, indented for nested lines by `indent`.

@@ -160,6 +160,16 @@ pub(crate) fn user_labels(attrs: &Attrs) -> Result<BTreeMap<String, String>, Pro
     Ok(labels)
 }
 
+/// Whether a `berth.address` label names a resource of `type_name`
+/// (`docker_container.web`, `module.app.docker_container.web`). Containers
+/// inherit the labels of the image they run, so a container started from a
+/// berth-built image carries a `docker_image.*` address that must be
+/// ignored.
+pub(crate) fn address_is_type(address: &str, type_name: &str) -> bool {
+    let needle = format!("{type_name}.");
+    address.starts_with(&needle) || address.contains(&format!(".{needle}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,6 +194,20 @@ mod tests {
         let a = attrs(json!({"ports": {"internal": 80}, "hc": [{"test": []}]}));
         assert_eq!(blocks(&a, "ports").unwrap().len(), 1);
         assert!(block(&a, "hc").unwrap().is_some());
+    }
+
+    #[test]
+    fn addresses_are_matched_by_type() {
+        assert!(address_is_type("docker_container.web", "docker_container"));
+        assert!(address_is_type(
+            "module.a.docker_container.web",
+            "docker_container"
+        ));
+        assert!(!address_is_type("docker_image.web", "docker_container"));
+        assert!(!address_is_type(
+            "docker_containers.web",
+            "docker_container"
+        ));
     }
 
     #[test]

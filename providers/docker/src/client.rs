@@ -98,7 +98,9 @@ pub(crate) fn api(e: DockerError) -> ProviderError {
 
 /// Maps a bollard error to [`ProviderError::Api`], prefixed with what was
 /// being done.
-pub(crate) fn api_ctx(context: impl std::fmt::Display) -> impl FnOnce(DockerError) -> ProviderError {
+pub(crate) fn api_ctx(
+    context: impl std::fmt::Display,
+) -> impl FnOnce(DockerError) -> ProviderError {
     move |e| ProviderError::Api(format!("{context}: {}", message(&e)))
 }
 
@@ -144,6 +146,9 @@ mod tests {
     #[test]
     fn host_must_be_a_string() {
         let config = Attrs::from([("host".to_owned(), serde_json::json!(3))]);
-        assert!(matches!(resolve_host(&config), Err(ProviderError::Config(_))));
+        assert!(matches!(
+            resolve_host(&config),
+            Err(ProviderError::Config(_))
+        ));
     }
 }

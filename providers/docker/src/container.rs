@@ -147,7 +147,10 @@ fn fill_defaults(config: &mut Attrs) {
 
 /// Plan time: fills defaults and, when the image reference resolves locally,
 /// puts its id into `image_id` so that a moved tag shows as a replacement.
-pub(crate) async fn prepare(docker: Option<&Docker>, config: &mut Attrs) -> Result<(), ProviderError> {
+pub(crate) async fn prepare(
+    docker: Option<&Docker>,
+    config: &mut Attrs,
+) -> Result<(), ProviderError> {
     fill_defaults(config);
     if let (Some(docker), Some(reference)) = (docker, attrs::non_empty_string(config, "image")?) {
         match image::local_id(docker, &reference).await {
@@ -231,7 +234,9 @@ fn parse_restart(value: &str) -> Result<RestartPolicy, ProviderError> {
     let maximum_retry_count = match count {
         None => None,
         Some(_) if policy != RestartPolicyNameEnum::ON_FAILURE => {
-            return Err(config_error("`restart`: a retry count is only valid with on-failure"));
+            return Err(config_error(
+                "`restart`: a retry count is only valid with on-failure",
+            ));
         }
         Some(n) => Some(
             n.parse::<i64>()
@@ -245,10 +250,11 @@ fn parse_restart(value: &str) -> Result<RestartPolicy, ProviderError> {
 }
 
 fn port_number(value: i64, what: &str) -> Result<u16, ProviderError> {
-    u16::try_from(value)
-        .ok()
-        .filter(|p| *p > 0)
-        .ok_or_else(|| config_error(format!("`{what}` must be a port between 1 and 65535, got {value}")))
+    u16::try_from(value).ok().filter(|p| *p > 0).ok_or_else(|| {
+        config_error(format!(
+            "`{what}` must be a port between 1 and 65535, got {value}"
+        ))
+    })
 }
 
 fn duration_attr(block: &Attrs, key: &str) -> Result<Option<i64>, ProviderError> {
@@ -266,7 +272,9 @@ impl Spec {
         let replicas = u32::try_from(replicas)
             .ok()
             .filter(|r| *r >= 1)
-            .ok_or_else(|| config_error(format!("`replicas` must be at least 1, got {replicas}")))?;
+            .ok_or_else(|| {
+                config_error(format!("`replicas` must be at least 1, got {replicas}"))
+            })?;
 
         let mut ports = Vec::new();
         for block in attrs::blocks(config, "ports")? {
@@ -283,7 +291,8 @@ impl Spec {
                      (replica k uses external + k - 1)"
                 )));
             }
-            let protocol = attrs::non_empty_string(&block, "protocol")?.unwrap_or_else(|| "tcp".into());
+            let protocol =
+                attrs::non_empty_string(&block, "protocol")?.unwrap_or_else(|| "tcp".into());
             if !matches!(protocol.as_str(), "tcp" | "udp" | "sctp") {
                 return Err(config_error(format!(
                     "`ports.protocol` must be tcp, udp or sctp, got `{protocol}`"
@@ -562,7 +571,11 @@ impl Target<'_> {
 
     /// A create hit a name conflict: removes the holder if it is a leftover
     /// of this very resource, and fails naming it otherwise.
-    async fn clear_name(&self, name: &str, conflict: &bollard::errors::Error) -> Result<(), ProviderError> {
+    async fn clear_name(
+        &self,
+        name: &str,
+        conflict: &bollard::errors::Error,
+    ) -> Result<(), ProviderError> {
         let holder = match self.docker.inspect_container(name, None).await {
             Ok(holder) => holder,
             // Gone meanwhile: the retry will tell.
@@ -581,10 +594,18 @@ impl Target<'_> {
             .unwrap_or_default();
         let holder_id = holder.id.clone().unwrap_or_default();
         if !self.owns(&holder_labels) {
-            let owner = match holder_labels.get(labels::ADDRESS) {
+            // A container started from a berth-built image inherits that
+            // image's labels: only a docker_container address means berth.
+            let address = holder_labels
+                .get(labels::ADDRESS)
+                .filter(|a| attrs::address_is_type(a, TYPE));
+            let owner = match address {
                 Some(address) => format!(
                     "it belongs to {address} in berth environment `{}`",
-                    holder_labels.get(labels::ENV).map(String::as_str).unwrap_or("?")
+                    holder_labels
+                        .get(labels::ENV)
+                        .map(String::as_str)
+                        .unwrap_or("?")
                 ),
                 None => "it is not managed by berth".to_owned(),
             };
@@ -607,7 +628,10 @@ impl Target<'_> {
         progress: Progress<'_>,
     ) -> Result<Vec<(u32, String)>, ProviderError> {
         let mut created = Vec::new();
-        match self.create_replicas_inner(spec, ks, &mut created, progress).await {
+        match self
+            .create_replicas_inner(spec, ks, &mut created, progress)
+            .await
+        {
             Ok(ids) => Ok(ids),
             Err(e) => {
                 for (name, id) in created.iter().rev() {
@@ -644,7 +668,14 @@ impl Target<'_> {
         }
         if spec.wait {
             for (k, id) in &ids {
-                wait_healthy(self.docker, id, &spec.replica_name(*k), spec.wait_timeout, progress).await?;
+                wait_healthy(
+                    self.docker,
+                    id,
+                    &spec.replica_name(*k),
+                    spec.wait_timeout,
+                    progress,
+                )
+                .await?;
             }
         }
         Ok(ids)
@@ -653,7 +684,10 @@ impl Target<'_> {
 
 /// Force-removes a container; one that is gone already is fine.
 async fn remove(docker: &Docker, id: &str) -> Result<(), ProviderError> {
-    let options = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
+    let options = RemoveContainerOptionsBuilder::new()
+        .force(true)
+        .v(true)
+        .build();
     match docker.remove_container(id, Some(options)).await {
         Ok(()) => Ok(()),
         Err(e) if is_not_found(&e) => Ok(()),
@@ -675,7 +709,9 @@ async fn stop_and_remove(docker: &Docker, id: &str, grace: i64) -> Result<(), Pr
     match patient.stop_container(id, Some(options)).await {
         Ok(()) => {}
         Err(e) if is_not_found(&e) => return Ok(()),
-        Err(e) => tracing::warn!(container = %short(id), "stop failed, removing anyway: {}", message(&e)),
+        Err(e) => {
+            tracing::warn!(container = %short(id), "stop failed, removing anyway: {}", message(&e))
+        }
     }
     remove(docker, id).await
 }
@@ -703,7 +739,10 @@ async fn tail_logs(docker: &Docker, id: &str) -> String {
         format!(
             "\nlast {} log line(s):\n{}",
             tail.len(),
-            tail.iter().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n")
+            tail.iter()
+                .map(|l| format!("  {l}"))
+                .collect::<Vec<_>>()
+                .join("\n")
         )
     }
 }
@@ -736,7 +775,9 @@ async fn wait_healthy(
             }
             Some(HealthStatusEnum::UNHEALTHY) => {
                 let logs = tail_logs(docker, id).await;
-                return Err(ProviderError::Api(format!("container {name} is unhealthy{logs}")));
+                return Err(ProviderError::Api(format!(
+                    "container {name} is unhealthy{logs}"
+                )));
             }
             Some(HealthStatusEnum::STARTING) => {}
             // No health check: running is all there is to wait for.
@@ -802,7 +843,10 @@ async fn list_replicas(
     address: &str,
 ) -> Result<Vec<Replica>, ProviderError> {
     let filters = client::label_filters(owner, &[format!("{}={address}", labels::ADDRESS)]);
-    let options = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
+    let options = ListContainersOptionsBuilder::new()
+        .all(true)
+        .filters(&filters)
+        .build();
     let mut replicas: Vec<Replica> = docker
         .list_containers(Some(options))
         .await
@@ -892,7 +936,9 @@ pub(crate) async fn update(
     };
 
     let existing = list_replicas(docker, req.owner, req.address).await?;
-    let wanted: Vec<(u32, String)> = (1..=spec.replicas).map(|k| (k, spec.replica_name(k))).collect();
+    let wanted: Vec<(u32, String)> = (1..=spec.replicas)
+        .map(|k| (k, spec.replica_name(k)))
+        .collect();
     let kept: Vec<&Replica> = existing
         .iter()
         .filter(|r| wanted.iter().any(|(_, name)| *name == r.name))
@@ -915,7 +961,7 @@ pub(crate) async fn update(
             .map_err(api_ctx(format!("cannot update container {}", replica.name)))?;
     }
 
-    let grace = destroy_grace(req.prior.unwrap_or(req.config))?;
+    let grace = destroy_grace(req.config)?;
     // With fixed host ports the old replicas must free them first;
     // otherwise the new ones come up before the old ones go.
     if spec.has_fixed_ports() {
@@ -938,7 +984,14 @@ pub(crate) async fn update(
         }
         if spec.wait {
             for replica in kept.iter().filter(|r| !r.running) {
-                wait_healthy(docker, &replica.id, &replica.name, spec.wait_timeout, progress).await?;
+                wait_healthy(
+                    docker,
+                    &replica.id,
+                    &replica.name,
+                    spec.wait_timeout,
+                    progress,
+                )
+                .await?;
             }
         }
     }
@@ -984,9 +1037,15 @@ pub(crate) async fn delete(
 
 /// Lists every container of the owner with one call and reports one
 /// observation per resource address.
-pub(crate) async fn refresh(docker: &Docker, owner: &Ownership) -> Result<Vec<Observed>, ProviderError> {
+pub(crate) async fn refresh(
+    docker: &Docker,
+    owner: &Ownership,
+) -> Result<Vec<Observed>, ProviderError> {
     let filters = client::label_filters(owner, &[]);
-    let options = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
+    let options = ListContainersOptionsBuilder::new()
+        .all(true)
+        .filters(&filters)
+        .build();
     let containers = docker.list_containers(Some(options)).await.map_err(api)?;
     let mut by_address: BTreeMap<String, Vec<Replica>> = BTreeMap::new();
     for summary in containers {
@@ -994,6 +1053,7 @@ pub(crate) async fn refresh(docker: &Docker, owner: &Ownership) -> Result<Vec<Ob
             .labels
             .as_ref()
             .and_then(|l| l.get(labels::ADDRESS))
+            .filter(|a| attrs::address_is_type(a, TYPE))
             .cloned()
         else {
             continue;
@@ -1081,7 +1141,10 @@ mod tests {
         let web = bindings["80/tcp"].as_ref().unwrap();
         assert_eq!(web[0].host_port.as_deref(), Some("8081"));
         assert_eq!(web[0].host_ip.as_deref(), Some("0.0.0.0"));
-        assert_eq!(bindings["53/udp"].as_ref().unwrap()[0].host_port.as_deref(), Some(""));
+        assert_eq!(
+            bindings["53/udp"].as_ref().unwrap()[0].host_port.as_deref(),
+            Some("")
+        );
         assert_eq!(host.binds.unwrap(), ["/base/data:/data:ro"]);
         assert_eq!(body.volumes.unwrap(), ["/scratch"]);
         assert_eq!(host.memory, Some(64 * 1024 * 1024));
@@ -1089,7 +1152,10 @@ mod tests {
         assert_eq!(host.restart_policy.unwrap().maximum_retry_count, Some(5));
         assert_eq!(body.healthcheck.unwrap().interval, Some(90_000_000_000));
         let endpoints = body.networking_config.unwrap().endpoints_config.unwrap();
-        assert_eq!(endpoints["a"].aliases.as_deref(), Some(&["x".to_owned()][..]));
+        assert_eq!(
+            endpoints["a"].aliases.as_deref(),
+            Some(&["x".to_owned()][..])
+        );
     }
 
     #[test]
@@ -1102,7 +1168,10 @@ mod tests {
             json!({"name": "w", "image": "i", "healthcheck": {"test": ["CMD", "true"], "interval": "soon"}}),
         ] {
             assert!(
-                matches!(Spec::parse(&config(bad.clone()), Path::new("/")), Err(ProviderError::Config(_))),
+                matches!(
+                    Spec::parse(&config(bad.clone()), Path::new("/")),
+                    Err(ProviderError::Config(_))
+                ),
                 "{bad} should be refused"
             );
         }
@@ -1127,11 +1196,17 @@ mod tests {
             image_id: Some("sha256:x".into()),
             config_hash: Some("h".into()),
         };
-        let o = observe("docker_container.w".into(), &[replica(1, true), replica(2, true)]);
+        let o = observe(
+            "docker_container.w".into(),
+            &[replica(1, true), replica(2, true)],
+        );
         assert_eq!(o.attrs["replicas"], json!(2));
         assert_eq!(o.attrs["container_ids"], json!(["id1", "id2"]));
         assert!(!o.attrs.contains_key("must_run"));
-        let o = observe("docker_container.w".into(), &[replica(1, true), replica(2, false)]);
+        let o = observe(
+            "docker_container.w".into(),
+            &[replica(1, true), replica(2, false)],
+        );
         assert_eq!(o.attrs["must_run"], json!(false));
     }
 }

@@ -111,7 +111,8 @@ pub(crate) fn write_context<W: Write>(
     builder.mode(tar::HeaderMode::Deterministic);
     for rel in entries {
         let path = dir.join(&rel);
-        append(&mut builder, &path, &rel).map_err(|e| io_error("cannot add to build context", &path, e))?;
+        append(&mut builder, &path, &rel)
+            .map_err(|e| io_error("cannot add to build context", &path, e))?;
     }
     builder
         .into_inner()
@@ -151,7 +152,10 @@ fn collect(
             }
             // An excluded directory may still hold re-included (`!`) paths
             // or the Dockerfile.
-            if !excluded || ignore.has_negations() || always.iter().any(|a| a.starts_with(&format!("{rel}/"))) {
+            if !excluded
+                || ignore.has_negations()
+                || always.iter().any(|a| a.starts_with(&format!("{rel}/")))
+            {
                 collect(root, &rel, ignore, always, out)?;
             }
         } else if (file_type.is_file() || file_type.is_symlink()) && !excluded {
@@ -366,7 +370,10 @@ mod tests {
     #[test]
     fn globs_match_like_go() {
         let m = |p: &str, n: &str| {
-            match_component(&p.chars().collect::<Vec<_>>(), &n.chars().collect::<Vec<_>>())
+            match_component(
+                &p.chars().collect::<Vec<_>>(),
+                &n.chars().collect::<Vec<_>>(),
+            )
         };
         assert!(m("*.log", "a.log"));
         assert!(!m("*.log", "a.txt"));
@@ -424,7 +431,11 @@ mod tests {
 
         fs::write(dir.path().join("ignored/x"), "changed").unwrap();
         fs::write(dir.path().join("scratch.tmp"), "new").unwrap();
-        assert_eq!(h1, spec(dir.path()).hash().unwrap(), "ignored files do not count");
+        assert_eq!(
+            h1,
+            spec(dir.path()).hash().unwrap(),
+            "ignored files do not count"
+        );
 
         fs::write(dir.path().join("app.txt"), "two").unwrap();
         let h2 = spec(dir.path()).hash().unwrap();
@@ -463,6 +474,9 @@ mod tests {
     #[test]
     fn missing_dockerfile_is_a_config_error() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(matches!(spec(dir.path()).hash(), Err(ProviderError::Config(_))));
+        assert!(matches!(
+            spec(dir.path()).hash(),
+            Err(ProviderError::Config(_))
+        ));
     }
 }

@@ -6,7 +6,8 @@
 /// `0`) into nanoseconds.
 pub(crate) fn parse_duration(input: &str) -> Result<i64, String> {
     let s = input.trim();
-    let invalid = || format!("invalid duration {input:?} (expected e.g. \"2s\", \"1m30s\", \"500ms\")");
+    let invalid =
+        || format!("invalid duration {input:?} (expected e.g. \"2s\", \"1m30s\", \"500ms\")");
     if s.is_empty() {
         return Err(invalid());
     }

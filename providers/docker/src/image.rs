@@ -96,7 +96,10 @@ pub(crate) async fn create(
     let mut attrs = req.config.clone();
     if let Some(spec) = build_spec(req.config, base_dir)? {
         if !attrs.contains_key("build_hash") {
-            attrs.insert("build_hash".into(), Value::from(hash_of(spec.clone()).await?));
+            attrs.insert(
+                "build_hash".into(),
+                Value::from(hash_of(spec.clone()).await?),
+            );
         }
         let labels: HashMap<String, String> = req
             .owner
@@ -158,7 +161,8 @@ async fn build(
         options = options.target(target);
     }
     progress(&format!("building {name}"));
-    let mut stream = docker.build_image(options.build(), None, Some(bollard::body_full(tar.into())));
+    let mut stream =
+        docker.build_image(options.build(), None, Some(bollard::body_full(tar.into())));
     while let Some(item) = stream.next().await {
         let info = item.map_err(|e| {
             ProviderError::Api(format!("building image {name} failed: {}", message(&e)))
@@ -256,7 +260,10 @@ pub(crate) async fn ensure_image(
 }
 
 /// The id `reference` resolves to locally, if it exists (no pull).
-pub(crate) async fn local_id(docker: &Docker, reference: &str) -> Result<Option<String>, ProviderError> {
+pub(crate) async fn local_id(
+    docker: &Docker,
+    reference: &str,
+) -> Result<Option<String>, ProviderError> {
     match docker.inspect_image(reference).await {
         Ok(image) => Ok(image.id),
         Err(e) if is_not_found(&e) => Ok(None),
@@ -266,7 +273,10 @@ pub(crate) async fn local_id(docker: &Docker, reference: &str) -> Result<Option<
 
 /// Only `keep_locally` is updatable, and it matters only at delete time:
 /// keeps the computed attributes.
-pub(crate) async fn update(docker: &Docker, req: &ApplyRequest<'_>) -> Result<Applied, ProviderError> {
+pub(crate) async fn update(
+    docker: &Docker,
+    req: &ApplyRequest<'_>,
+) -> Result<Applied, ProviderError> {
     let name = attrs::required_string(req.config, "name")?;
     let mut attrs = req.config.clone();
     let prior = req.prior.cloned().unwrap_or_default();
@@ -338,16 +348,26 @@ pub(crate) async fn delete(docker: &Docker, req: &DeleteRequest<'_>) -> Result<(
 /// Lists the owner's images (the ones berth built: pulled images carry no
 /// labels) with one call. Untagged images are skipped: a build whose tag
 /// moved on no longer stands for its resource.
-pub(crate) async fn refresh(docker: &Docker, owner: &Ownership) -> Result<Vec<Observed>, ProviderError> {
+pub(crate) async fn refresh(
+    docker: &Docker,
+    owner: &Ownership,
+) -> Result<Vec<Observed>, ProviderError> {
     let filters = client::label_filters(owner, &[]);
     let images = docker
-        .list_images(Some(ListImagesOptionsBuilder::new().filters(&filters).build()))
+        .list_images(Some(
+            ListImagesOptionsBuilder::new().filters(&filters).build(),
+        ))
         .await
         .map_err(api)?;
     let mut by_address: BTreeMap<String, bollard::models::ImageSummary> = BTreeMap::new();
     for image in images {
         let tagged = image.repo_tags.iter().any(|t| t != "<none>:<none>");
-        let Some(address) = image.labels.get(labels::ADDRESS).cloned() else {
+        let Some(address) = image
+            .labels
+            .get(labels::ADDRESS)
+            .filter(|a| attrs::address_is_type(a, TYPE))
+            .cloned()
+        else {
             continue;
         };
         if !tagged {
@@ -387,9 +407,6 @@ mod tests {
             split_reference("localhost:5000/app:v1"),
             ("localhost:5000/app", "v1")
         );
-        assert_eq!(
-            split_reference("app@sha256:abc"),
-            ("app", "sha256:abc")
-        );
+        assert_eq!(split_reference("app@sha256:abc"), ("app", "sha256:abc"));
     }
 }

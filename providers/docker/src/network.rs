@@ -96,7 +96,10 @@ impl Spec {
 /// to the same address and owner is reused when it was created from the same
 /// configuration and replaced otherwise; any other network of that name is
 /// a conflict.
-pub(crate) async fn create(docker: &Docker, req: &ApplyRequest<'_>) -> Result<Applied, ProviderError> {
+pub(crate) async fn create(
+    docker: &Docker,
+    req: &ApplyRequest<'_>,
+) -> Result<Applied, ProviderError> {
     let spec = Spec::parse(req.config)?;
     let mut labels = spec.labels.clone();
     labels.extend(req.owner.labels(req.address, req.config_hash));
@@ -105,10 +108,15 @@ pub(crate) async fn create(docker: &Docker, req: &ApplyRequest<'_>) -> Result<Ap
     // to, and bollard no longer sends CheckDuplicate: look first.
     let filters = HashMap::from([("name".to_owned(), vec![spec.name.clone()])]);
     let existing = docker
-        .list_networks(Some(ListNetworksOptionsBuilder::new().filters(&filters).build()))
+        .list_networks(Some(
+            ListNetworksOptionsBuilder::new().filters(&filters).build(),
+        ))
         .await
         .map_err(api_ctx(format!("cannot list networks named {}", spec.name)))?;
-    for network in existing.into_iter().filter(|n| n.name.as_deref() == Some(&spec.name)) {
+    for network in existing
+        .into_iter()
+        .filter(|n| n.name.as_deref() == Some(&spec.name))
+    {
         let id = network.id.clone().unwrap_or_default();
         let theirs = network.labels.clone().unwrap_or_default();
         let ours = theirs.get(labels::ADDRESS).map(String::as_str) == Some(req.address)
@@ -123,7 +131,8 @@ pub(crate) async fn create(docker: &Docker, req: &ApplyRequest<'_>) -> Result<Ap
                 req.address
             )));
         }
-        let same_config = theirs.get(labels::CONFIG_HASH).map(String::as_str) == Some(req.config_hash)
+        let same_config = theirs.get(labels::CONFIG_HASH).map(String::as_str)
+            == Some(req.config_hash)
             && network.driver.as_deref() == Some(spec.driver.as_str())
             && network.internal.unwrap_or(false) == spec.internal;
         if same_config {
@@ -134,7 +143,12 @@ pub(crate) async fn create(docker: &Docker, req: &ApplyRequest<'_>) -> Result<Ap
         match docker.remove_network(&id).await {
             Ok(()) => {}
             Err(e) if is_not_found(&e) => {}
-            Err(e) => return Err(api_ctx(format!("cannot remove leftover network {}", spec.name))(e)),
+            Err(e) => {
+                return Err(api_ctx(format!(
+                    "cannot remove leftover network {}",
+                    spec.name
+                ))(e));
+            }
         }
     }
 
@@ -153,11 +167,17 @@ pub(crate) async fn create(docker: &Docker, req: &ApplyRequest<'_>) -> Result<Ap
 
 /// Nothing about a network is updatable in place; re-reads the network so
 /// that state stays right.
-pub(crate) async fn update(docker: &Docker, req: &ApplyRequest<'_>) -> Result<Applied, ProviderError> {
+pub(crate) async fn update(
+    docker: &Docker,
+    req: &ApplyRequest<'_>,
+) -> Result<Applied, ProviderError> {
     let spec = Spec::parse(req.config)?;
     let id = req.prior_id.unwrap_or(&spec.name).to_owned();
     let network = docker
-        .inspect_network(&id, None::<bollard::query_parameters::InspectNetworkOptions>)
+        .inspect_network(
+            &id,
+            None::<bollard::query_parameters::InspectNetworkOptions>,
+        )
         .await
         .map_err(api_ctx(format!("cannot inspect network {}", spec.name)))?;
     Ok(spec.applied(req.config, network.id.unwrap_or(id)))
@@ -178,16 +198,24 @@ pub(crate) async fn delete(docker: &Docker, req: &DeleteRequest<'_>) -> Result<(
 }
 
 /// Lists the owner's networks with one call.
-pub(crate) async fn refresh(docker: &Docker, owner: &Ownership) -> Result<Vec<Observed>, ProviderError> {
+pub(crate) async fn refresh(
+    docker: &Docker,
+    owner: &Ownership,
+) -> Result<Vec<Observed>, ProviderError> {
     let filters = client::label_filters(owner, &[]);
     let networks = docker
-        .list_networks(Some(ListNetworksOptionsBuilder::new().filters(&filters).build()))
+        .list_networks(Some(
+            ListNetworksOptionsBuilder::new().filters(&filters).build(),
+        ))
         .await
         .map_err(api)?;
     let mut observed = Vec::new();
     for network in networks {
         let labels = network.labels.unwrap_or_default();
-        let Some(address) = labels.get(labels::ADDRESS) else {
+        let Some(address) = labels
+            .get(labels::ADDRESS)
+            .filter(|a| attrs::address_is_type(a, TYPE))
+        else {
             continue;
         };
         let id = network.id.unwrap_or_default();
@@ -199,7 +227,10 @@ pub(crate) async fn refresh(docker: &Docker, owner: &Ownership) -> Result<Vec<Ob
         if let Some(driver) = network.driver {
             attrs.insert("driver".into(), Value::from(driver));
         }
-        attrs.insert("internal".into(), Value::from(network.internal.unwrap_or(false)));
+        attrs.insert(
+            "internal".into(),
+            Value::from(network.internal.unwrap_or(false)),
+        );
         observed.push(Observed {
             address: address.clone(),
             id,

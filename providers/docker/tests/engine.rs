@@ -25,7 +25,10 @@ async fn an_engine_that_does_not_answer_is_unreachable() {
     }));
     match provider.configure(&config).await {
         Err(ProviderError::Unreachable { what, message }) => {
-            assert!(what.contains("/nonexistent/berth-test/docker.sock"), "{what}");
+            assert!(
+                what.contains("/nonexistent/berth-test/docker.sock"),
+                "{what}"
+            );
             assert!(message.contains("dockerd"), "{message}");
         }
         other => panic!("expected Unreachable, got {other:?}"),
@@ -45,7 +48,10 @@ async fn network_create_refresh_delete() {
     assert_eq!(config["driver"], json!("bridge"));
     assert_eq!(config["internal"], json!(false));
 
-    let net = w.create("docker_network.app", &config).await.expect("create");
+    let net = w
+        .create("docker_network.app", &config)
+        .await
+        .expect("create");
     assert_eq!(net.attrs["id"], json!(net.id));
     assert_eq!(net.attrs["name"], json!(name));
 
@@ -71,7 +77,10 @@ async fn network_create_refresh_delete() {
     );
 
     // Creating the same resource again (state lost) adopts the network.
-    let again = w.create("docker_network.app", &config).await.expect("re-create");
+    let again = w
+        .create("docker_network.app", &config)
+        .await
+        .expect("re-create");
     assert_eq!(again.id, net.id);
 
     // Another resource cannot take the name.
@@ -101,9 +110,15 @@ async fn image_build_hash_build_refresh_delete() {
     }));
 
     let config = w.prepare("docker_image", raw.clone()).await;
-    let hash = config["build_hash"].as_str().expect("build_hash").to_owned();
+    let hash = config["build_hash"]
+        .as_str()
+        .expect("build_hash")
+        .to_owned();
     assert_eq!(hash.len(), 64);
-    assert_eq!(w.prepare("docker_image", raw.clone()).await["build_hash"], json!(hash));
+    assert_eq!(
+        w.prepare("docker_image", raw.clone()).await["build_hash"],
+        json!(hash)
+    );
 
     std::fs::write(context.join("notes.txt"), "two").expect("notes");
     assert_eq!(
@@ -116,7 +131,10 @@ async fn image_build_hash_build_refresh_delete() {
     assert_ne!(changed["build_hash"], json!(hash), "a context change shows");
 
     let image = w.create("docker_image.app", &changed).await.expect("build");
-    let image_id = image.attrs["image_id"].as_str().expect("image_id").to_owned();
+    let image_id = image.attrs["image_id"]
+        .as_str()
+        .expect("image_id")
+        .to_owned();
     assert!(image_id.starts_with("sha256:"), "{image_id}");
     assert_eq!(image.id, image_id);
     assert_eq!(image.attrs["build_hash"], changed["build_hash"]);
@@ -139,7 +157,10 @@ async fn image_build_hash_build_refresh_delete() {
     assert_eq!(observed[0].attrs["image_id"], json!(image_id));
 
     w.delete("docker_image.app", &image).await.expect("delete");
-    assert!(w.docker.inspect_image(&image_id).await.is_err(), "image removed");
+    assert!(
+        w.docker.inspect_image(&image_id).await.is_err(),
+        "image removed"
+    );
     assert!(w.refresh("docker_image").await.is_empty());
     w.delete("docker_image.app", &image)
         .await
@@ -158,7 +179,9 @@ async fn image_build_failure_reports_the_build_error() {
     let config = w
         .prepare(
             "docker_image",
-            attrs(json!({"name": format!("{}:latest", w.name("bad")), "build": {"context": "app"}})),
+            attrs(
+                json!({"name": format!("{}:latest", w.name("bad")), "build": {"context": "app"}}),
+            ),
         )
         .await;
     let err = w
@@ -189,11 +212,15 @@ fn web_config(w: &World, image_id: &str, network: &str, replicas: u32) -> Attrs 
 async fn container_replicas_scale_heal_and_delete() {
     let w = World::new().await;
     let image = w.build_busybox_image().await;
-    let image_id = image.attrs["image_id"].as_str().expect("image_id").to_owned();
+    let image_id = image.attrs["image_id"]
+        .as_str()
+        .expect("image_id")
+        .to_owned();
     let network = w
         .create(
             "docker_network.app",
-            &w.prepare("docker_network", attrs(json!({"name": w.name("net")}))).await,
+            &w.prepare("docker_network", attrs(json!({"name": w.name("net")})))
+                .await,
         )
         .await
         .expect("network");
@@ -205,7 +232,11 @@ async fn container_replicas_scale_heal_and_delete() {
     let config = w
         .prepare("docker_container", web_config(&w, &image_id, &net_name, 2))
         .await;
-    assert_eq!(config["image_id"], json!(image_id), "prepare resolves the image");
+    assert_eq!(
+        config["image_id"],
+        json!(image_id),
+        "prepare resolves the image"
+    );
     assert_eq!(config["must_run"], json!(true));
     assert_eq!(config["restart"], json!("no"));
     let web = w.create(address, &config).await.expect("create");
@@ -216,7 +247,10 @@ async fn container_replicas_scale_heal_and_delete() {
     assert_eq!(web.id, ids[0]);
     for (k, id) in ids.iter().enumerate() {
         let c = w.docker.inspect_container(id, None).await.expect("inspect");
-        assert_eq!(c.name.as_deref(), Some(format!("/{name}-{}", k + 1).as_str()));
+        assert_eq!(
+            c.name.as_deref(),
+            Some(format!("/{name}-{}", k + 1).as_str())
+        );
         assert_eq!(c.image.as_deref(), Some(image_id.as_str()));
         let labels = c.config.and_then(|c| c.labels).unwrap_or_default();
         assert_eq!(labels[REPLICA_LABEL], (k + 1).to_string());
@@ -232,12 +266,18 @@ async fn container_replicas_scale_heal_and_delete() {
         let networks = settings.networks.expect("networks");
         let endpoint = &networks[&net_name];
         assert!(
-            endpoint.aliases.clone().unwrap_or_default().contains(&"web".to_owned()),
+            endpoint
+                .aliases
+                .clone()
+                .unwrap_or_default()
+                .contains(&"web".to_owned()),
             "{endpoint:?}"
         );
     }
     assert!(
-        w.progress_lines().iter().all(|l| !l.contains("s3cr3t-value")),
+        w.progress_lines()
+            .iter()
+            .all(|l| !l.contains("s3cr3t-value")),
         "env values are never reported"
     );
 
@@ -255,10 +295,14 @@ async fn container_replicas_scale_heal_and_delete() {
         .prepare("docker_container", web_config(&w, &image_id, &net_name, 3))
         .await;
     let web3 = w.update(address, &config3, &web).await.expect("scale to 3");
-    let ids3: Vec<String> = serde_json::from_value(web3.attrs["container_ids"].clone()).expect("ids");
+    let ids3: Vec<String> =
+        serde_json::from_value(web3.attrs["container_ids"].clone()).expect("ids");
     assert_eq!(ids3.len(), 3);
     assert_eq!(ids3[..2], ids[..], "existing replicas are kept");
-    assert_eq!(w.refresh("docker_container").await[0].attrs["replicas"], json!(3));
+    assert_eq!(
+        w.refresh("docker_container").await[0].attrs["replicas"],
+        json!(3)
+    );
 
     // A replica removed behind berth's back shows as a lower count...
     w.docker
@@ -276,23 +320,38 @@ async fn container_replicas_scale_heal_and_delete() {
     assert_eq!(observed[0].attrs["replicas"], json!(2));
     // ...and an update recreates it.
     let healed = w.update(address, &config3, &web3).await.expect("heal");
-    let healed_ids: Vec<String> = serde_json::from_value(healed.attrs["container_ids"].clone()).expect("ids");
+    let healed_ids: Vec<String> =
+        serde_json::from_value(healed.attrs["container_ids"].clone()).expect("ids");
     assert_eq!(healed_ids.len(), 3);
     assert_eq!(healed_ids[0], ids3[0]);
     assert_ne!(healed_ids[1], ids3[1]);
-    assert_eq!(w.refresh("docker_container").await[0].attrs["replicas"], json!(3));
+    assert_eq!(
+        w.refresh("docker_container").await[0].attrs["replicas"],
+        json!(3)
+    );
 
     // A stopped replica shows as must_run = false; an update starts it.
     w.docker
         .stop_container(
             &format!("{name}-3"),
-            Some(bollard::query_parameters::StopContainerOptionsBuilder::new().t(1).build()),
+            Some(
+                bollard::query_parameters::StopContainerOptionsBuilder::new()
+                    .t(1)
+                    .build(),
+            ),
         )
         .await
         .expect("stop replica 3");
-    assert_eq!(w.refresh("docker_container").await[0].attrs["must_run"], json!(false));
+    assert_eq!(
+        w.refresh("docker_container").await[0].attrs["must_run"],
+        json!(false)
+    );
     let started = w.update(address, &config3, &healed).await.expect("start");
-    assert!(!w.refresh("docker_container").await[0].attrs.contains_key("must_run"));
+    assert!(
+        !w.refresh("docker_container").await[0]
+            .attrs
+            .contains_key("must_run")
+    );
 
     // Restart policy, memory and CPU shares in place; scale down to one
     // container named exactly `name`.
@@ -301,13 +360,22 @@ async fn container_replicas_scale_heal_and_delete() {
     config1.insert("memory".into(), json!(64));
     config1.insert("cpu_shares".into(), json!(512));
     let config1 = w.prepare("docker_container", config1).await;
-    let single = w.update(address, &config1, &started).await.expect("scale to 1");
+    let single = w
+        .update(address, &config1, &started)
+        .await
+        .expect("scale to 1");
     assert_eq!(single.attrs["replicas"], json!(1));
-    let c = w.docker.inspect_container(&name, None).await.expect("single container");
+    let c = w
+        .docker
+        .inspect_container(&name, None)
+        .await
+        .expect("single container");
     assert_eq!(c.id.as_deref(), Some(single.id.as_str()));
     let host = c.host_config.expect("host config");
     assert_eq!(
-        host.restart_policy.and_then(|p| p.name).map(|n| n.to_string()),
+        host.restart_policy
+            .and_then(|p| p.name)
+            .map(|n| n.to_string()),
         Some("unless-stopped".to_owned())
     );
     assert_eq!(host.memory, Some(64 * 1024 * 1024));
@@ -321,7 +389,10 @@ async fn container_replicas_scale_heal_and_delete() {
     let mut config1b = config1.clone();
     config1b.insert("restart".into(), json!("always"));
     config1b.insert("memory".into(), json!(128));
-    let updated = w.update(address, &config1b, &single).await.expect("update in place");
+    let updated = w
+        .update(address, &config1b, &single)
+        .await
+        .expect("update in place");
     assert_eq!(updated.id, single.id, "updated in place, not replaced");
     let host = w
         .docker
@@ -332,7 +403,9 @@ async fn container_replicas_scale_heal_and_delete() {
         .expect("host config");
     assert_eq!(host.memory, Some(128 * 1024 * 1024));
     assert_eq!(
-        host.restart_policy.and_then(|p| p.name).map(|n| n.to_string()),
+        host.restart_policy
+            .and_then(|p| p.name)
+            .map(|n| n.to_string()),
         Some("always".to_owned())
     );
 
@@ -343,8 +416,12 @@ async fn container_replicas_scale_heal_and_delete() {
         .await
         .expect("deleting deleted containers succeeds");
 
-    w.delete("docker_network.app", &network).await.expect("network delete");
-    w.delete("docker_image.app", &image).await.expect("image delete");
+    w.delete("docker_network.app", &network)
+        .await
+        .expect("network delete");
+    w.delete("docker_image.app", &image)
+        .await
+        .expect("image delete");
     assert!(w.refresh("docker_image").await.is_empty());
 }
 
@@ -352,7 +429,10 @@ async fn container_replicas_scale_heal_and_delete() {
 async fn container_name_conflicts() {
     let w = World::new().await;
     let image = w.build_busybox_image().await;
-    let image_id = image.attrs["image_id"].as_str().expect("image_id").to_owned();
+    let image_id = image.attrs["image_id"]
+        .as_str()
+        .expect("image_id")
+        .to_owned();
 
     // A container that is not berth's holds the name: an error naming it.
     let foreign = w.name("foreign");
@@ -378,7 +458,10 @@ async fn container_name_conflicts() {
         .await
         .expect_err("the name is taken");
     let text = err.to_string();
-    assert!(text.contains(&foreign) && text.contains("not managed by berth"), "{text}");
+    assert!(
+        text.contains(&foreign) && text.contains("not managed by berth"),
+        "{text}"
+    );
 
     // A leftover of the same resource (state lost) is replaced.
     let config = w
@@ -387,7 +470,10 @@ async fn container_name_conflicts() {
             attrs(json!({"name": w.name("mine"), "image": image_id, "destroy_grace_seconds": 1})),
         )
         .await;
-    let first = w.create("docker_container.mine", &config).await.expect("create");
+    let first = w
+        .create("docker_container.mine", &config)
+        .await
+        .expect("create");
     let second = w
         .create("docker_container.mine", &config)
         .await
@@ -396,14 +482,19 @@ async fn container_name_conflicts() {
     let observed = w.refresh("docker_container").await;
     assert_eq!(observed.len(), 1);
     assert_eq!(observed[0].attrs["container_ids"], json!([second.id]));
-    w.delete("docker_container.mine", &second).await.expect("delete");
+    w.delete("docker_container.mine", &second)
+        .await
+        .expect("delete");
 }
 
 #[tokio::test]
 async fn failed_creates_leave_nothing_behind() {
     let w = World::new().await;
     let image = w.build_busybox_image().await;
-    let image_id = image.attrs["image_id"].as_str().expect("image_id").to_owned();
+    let image_id = image.attrs["image_id"]
+        .as_str()
+        .expect("image_id")
+        .to_owned();
 
     // Unhealthy: the error carries the container's last log lines.
     let config = w
@@ -429,8 +520,14 @@ async fn failed_creates_leave_nothing_behind() {
         .expect_err("never healthy");
     let text = err.to_string();
     assert!(text.contains("unhealthy"), "{text}");
-    assert!(text.contains("booting-berth-test"), "logs are included: {text}");
-    assert!(!text.contains("s3cr3t-value"), "env values stay out of errors");
+    assert!(
+        text.contains("booting-berth-test"),
+        "logs are included: {text}"
+    );
+    assert!(
+        !text.contains("s3cr3t-value"),
+        "env values stay out of errors"
+    );
     assert!(w.labelled_containers().await.is_empty(), "rolled back");
 
     // A replica that cannot start: the ones created before it go too.

@@ -277,7 +277,11 @@ pub fn static_busybox() -> &'static Path {
 
 /// Whether an ELF64 little-endian binary has no program interpreter.
 fn is_static_elf(bytes: &[u8]) -> bool {
-    let u16_at = |o: usize| bytes.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u16_at = |o: usize| {
+        bytes
+            .get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
     let u32_at = |o: usize| {
         bytes
             .get(o..o + 4)

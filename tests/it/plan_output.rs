@@ -1,0 +1,88 @@
+//! Snapshots of plan output: creation from nothing, then in-place update,
+//! replacement and deletion against objects on the real Docker engine.
+//! Environment names and hashes are filtered out.
+
+use crate::common::{DockerCleanup, TestEnv, write_demo_context};
+
+fn config(restart: &str, env: &str, keep_extra: bool) -> String {
+    let extra = if keep_extra {
+        "\nresource \"docker_network\" \"extra\" {\n  name = \"berth-it-${berth.env}-extra\"\n}\n"
+    } else {
+        ""
+    };
+    format!(
+        r#"
+variable "token" {{
+  type      = string
+  default   = "not-a-real-token"
+  sensitive = true
+}}
+
+resource "docker_network" "app" {{
+  name = "berth-it-${{berth.env}}"
+}}
+
+resource "docker_image" "app" {{
+  name = "berth-it-${{berth.env}}:latest"
+  build {{
+    context = "app"
+  }}
+}}
+
+resource "docker_container" "web" {{
+  name    = "berth-it-${{berth.env}}-web"
+  image   = docker_image.app.image_id
+  restart = "{restart}"
+  env     = ["MODE={env}", "TOKEN=${{var.token}}"]
+  ports {{
+    internal = 5000
+  }}
+  networks_advanced {{
+    name = docker_network.app.name
+  }}
+}}
+{extra}"#
+    )
+}
+
+fn snapshot(t: &TestEnv, name: &str, text: &str) {
+    insta::with_settings!({filters => vec![
+        (t.env.as_str(), "[env]"),
+        (r"\b[0-9a-f]{12,64}\b", "[hash]"),
+    ]}, {
+        insta::assert_snapshot!(name, text);
+    });
+}
+
+#[test]
+fn plan_output_for_create_update_replace_and_delete() {
+    let t = TestEnv::new("planout");
+    let _cleanup = DockerCleanup { env: t.env.clone() };
+    write_demo_context(&t);
+
+    t.write_config(&config("no", "one", true));
+    let plan = t.run(&["plan"]).ok();
+    snapshot(&t, "plan_create", &plan.stdout);
+    t.run(&["apply", "--auto-approve"]).ok();
+
+    t.write_config(&config("always", "one", true));
+    let plan = t.run(&["plan"]).ok();
+    snapshot(&t, "plan_update", &plan.stdout);
+
+    t.write_config(&config("always", "two", false));
+    let plan = t.run(&["plan"]).ok();
+    snapshot(&t, "plan_replace_and_delete", &plan.stdout);
+
+    let json = t.run(&["plan", "--json"]).ok();
+    let value: serde_json::Value = serde_json::from_str(&json.stdout).expect("valid JSON");
+    let changes = value["resource_changes"].as_array().expect("resource_changes");
+    let web = changes.iter().find(|c| c["address"] == "docker_container.web").expect("web");
+    assert_eq!(web["change"]["actions"], serde_json::json!(["delete", "create"]));
+    assert_eq!(web["change"]["after_sensitive"]["env"], serde_json::json!(true));
+    assert!(web["change"]["after"].get("env").is_none(), "sensitive values are left out");
+    let extra = changes.iter().find(|c| c["address"] == "docker_network.extra").expect("extra");
+    assert_eq!(extra["change"]["actions"], serde_json::json!(["delete"]));
+    assert_eq!(value["summary"], serde_json::json!({"add": 1, "change": 0, "destroy": 2}));
+
+    t.run(&["destroy", "--auto-approve"]).ok();
+}
