@@ -27,7 +27,7 @@ resource "docker_container" "web" {
   image    = docker_image.app.image_id
   replicas = 2
   restart  = "unless-stopped"
-  env      = ["INSTANCE=${local.app}"]
+  env      = ["APP_ENV=${berth.env}"]
 
   ports {
     internal = 5000

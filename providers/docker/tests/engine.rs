@@ -156,6 +156,31 @@ async fn image_build_hash_build_refresh_delete() {
     assert_eq!(observed[0].address, "docker_image.app");
     assert_eq!(observed[0].attrs["image_id"], json!(image_id));
 
+    // Without `build`, an image that exists locally is used as it is, and
+    // `keep_locally` leaves it in place on delete.
+    let existing = attrs(json!({"name": image_name, "keep_locally": true}));
+    let existing_state = w
+        .create("docker_image.existing", &existing)
+        .await
+        .expect("use the local image");
+    assert_eq!(existing_state.attrs["image_id"], json!(image_id));
+    w.delete("docker_image.existing", &existing_state)
+        .await
+        .expect("delete keeping the image");
+    assert!(
+        w.docker.inspect_image(&image_id).await.is_ok(),
+        "kept locally"
+    );
+
+    // A missing image is pulled; here no registry has it (or none is
+    // reachable), and the pull's error is reported.
+    let missing = attrs(json!({"name": format!("{}:latest", w.name("missing"))}));
+    let err = w
+        .create("docker_image.missing", &missing)
+        .await
+        .expect_err("nothing to pull");
+    assert!(err.to_string().contains("pulling image"), "{err}");
+
     w.delete("docker_image.app", &image).await.expect("delete");
     assert!(
         w.docker.inspect_image(&image_id).await.is_err(),
@@ -485,6 +510,13 @@ async fn container_name_conflicts() {
     w.delete("docker_container.mine", &second)
         .await
         .expect("delete");
+
+    // The image is still used by the foreign container: deleting the image
+    // resource succeeds and leaves the image to Docker.
+    w.delete("docker_image.app", &image)
+        .await
+        .expect("an image in use is left in place");
+    assert!(w.docker.inspect_image(&image_id).await.is_ok());
 }
 
 #[tokio::test]
