@@ -1,0 +1,1 @@
+//! berth's SSH transport (being written).
