@@ -10,8 +10,9 @@ bash "$(dirname "${BASH_SOURCE[0]}")/ensure-docker.sh"
 
 # openssh-server: sshd for the host-provisioning tests; docker-registry: a
 # local registry; apache2-utils: ab and htpasswd; docker-compose and
-# hyperfine: the benchmark comparison (scripts/bench.sh).
-packages=(openssh-server docker-registry apache2-utils docker-compose hyperfine)
+# hyperfine: the benchmark comparison (scripts/bench.sh); busybox-static:
+# a static busybox for the docker provider's test images.
+packages=(openssh-server docker-registry apache2-utils docker-compose hyperfine busybox-static)
 missing=()
 for p in "${packages[@]}"; do
     deb_installed "$p" || missing+=("$p")

@@ -56,7 +56,13 @@ pub struct Outcome {
 }
 
 /// Applies `plan`; `scope` is the scope the plan was made with.
-pub async fn apply(session: &Session, plan: &Plan, scope: Scope, parallelism: usize, ui: &Ui) -> Result<Outcome, Error> {
+pub async fn apply(
+    session: &Session,
+    plan: &Plan,
+    scope: Scope,
+    parallelism: usize,
+    ui: &Ui,
+) -> Result<Outcome, Error> {
     let (ops, deps) = build_ops(session, plan);
     let scope = Mutex::new(scope);
     let mut status = vec![Status::Pending; ops.len()];
@@ -82,7 +88,9 @@ pub async fn apply(session: &Session, plan: &Plan, scope: Scope, parallelism: us
             let scope = &scope;
             running.push(async move { (i, run_op(session, op, change, scope, ui).await) });
         }
-        let Some((i, result)) = running.next().await else { break };
+        let Some((i, result)) = running.next().await else {
+            break;
+        };
         match result {
             Ok(counted) => {
                 status[i] = Status::Done;
@@ -102,12 +110,19 @@ pub async fn apply(session: &Session, plan: &Plan, scope: Scope, parallelism: us
             Err(e) => {
                 status[i] = Status::Failed;
                 failed += 1;
-                ui.error(&format!("{}: {}", ops[i].node, strip_address(&e, &ops[i].node)));
+                ui.error(&format!(
+                    "{}: {}",
+                    ops[i].node,
+                    strip_address(&e, &ops[i].node)
+                ));
                 let mut stack = dependents[i].clone();
                 while let Some(d) = stack.pop() {
                     if status[d] == Status::Pending {
                         status[d] = Status::Skipped;
-                        ui.status(&format!("{}: skipped because {} failed", ops[d].node, ops[i].node));
+                        ui.status(&format!(
+                            "{}: skipped because {} failed",
+                            ops[d].node, ops[i].node
+                        ));
                         stack.extend(dependents[d].iter().copied());
                     }
                 }
@@ -117,7 +132,9 @@ pub async fn apply(session: &Session, plan: &Plan, scope: Scope, parallelism: us
     drop(running);
     let skipped = status.iter().filter(|s| **s == Status::Skipped).count();
 
-    let scope = scope.into_inner().map_err(|_| Error::Refused("internal error: scope lock poisoned".to_owned()))?;
+    let scope = scope
+        .into_inner()
+        .map_err(|_| Error::Refused("internal error: scope lock poisoned".to_owned()))?;
     let mut outputs = BTreeMap::new();
     if failed == 0 && !plan.destroy {
         let config = &session.loaded.config;
@@ -149,14 +166,21 @@ pub async fn apply(session: &Session, plan: &Plan, scope: Scope, parallelism: us
 
 fn strip_address(e: &Error, address: &str) -> String {
     let text = e.to_string();
-    text.strip_prefix(&format!("{address}: ")).map(str::to_owned).unwrap_or(text)
+    text.strip_prefix(&format!("{address}: "))
+        .map(str::to_owned)
+        .unwrap_or(text)
 }
 
 fn build_ops(session: &Session, plan: &Plan) -> (Vec<Op>, Vec<Vec<usize>>) {
     let mut ops: Vec<Op> = Vec::new();
     let mut realize: BTreeMap<String, usize> = BTreeMap::new();
     let mut destroy: BTreeMap<String, usize> = BTreeMap::new();
-    let change_of: BTreeMap<&str, usize> = plan.changes.iter().enumerate().map(|(i, c)| (c.address.as_str(), i)).collect();
+    let change_of: BTreeMap<&str, usize> = plan
+        .changes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.address.as_str(), i))
+        .collect();
 
     if !plan.destroy {
         for node in &session.loaded.graph.order {
@@ -195,10 +219,16 @@ fn build_ops(session: &Session, plan: &Plan) -> (Vec<Op>, Vec<Vec<usize>>) {
     // edges recorded in state for resources no longer in the config.
     let mut depends_on: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for (node, ds) in &session.loaded.graph.deps {
-        depends_on.entry(node.clone()).or_default().extend(ds.iter().cloned());
+        depends_on
+            .entry(node.clone())
+            .or_default()
+            .extend(ds.iter().cloned());
     }
     for (address, record) in &session.snapshot.resources {
-        depends_on.entry(address.clone()).or_default().extend(record.depends_on.iter().cloned());
+        depends_on
+            .entry(address.clone())
+            .or_default()
+            .extend(record.depends_on.iter().cloned());
     }
     for (address, &i) in &destroy {
         let c = &plan.changes[ops[i].change.unwrap_or_default()];
@@ -208,56 +238,73 @@ fn build_ops(session: &Session, plan: &Plan) -> (Vec<Op>, Vec<Vec<usize>>) {
                 && let Some(&j) = destroy.get(other)
                 && j != i
             {
-                let other_cbd = plan.changes[ops[j].change.unwrap_or_default()].create_before_destroy;
+                let other_cbd =
+                    plan.changes[ops[j].change.unwrap_or_default()].create_before_destroy;
                 if !other_cbd {
                     deps[i].insert(j);
                 }
             }
         }
-        if c.action == Action::Replace {
-            if let Some(&r) = realize.get(address) {
-                if c.create_before_destroy {
-                    // New object first, then everything that uses it, then
-                    // the old object goes.
-                    deps[i].insert(r);
-                    for (other, ds) in &depends_on {
-                        if ds.contains(address)
-                            && let Some(&j) = realize.get(other)
-                        {
-                            deps[i].insert(j);
-                        }
+        if c.action == Action::Replace
+            && let Some(&r) = realize.get(address)
+        {
+            if c.create_before_destroy {
+                // New object first, then everything that uses it, then the
+                // old object goes.
+                deps[i].insert(r);
+                for (other, ds) in &depends_on {
+                    if ds.contains(address)
+                        && let Some(&j) = realize.get(other)
+                    {
+                        deps[i].insert(j);
                     }
-                } else {
-                    deps[r].insert(i);
                 }
+            } else {
+                deps[r].insert(i);
             }
         }
     }
-    (ops, deps.into_iter().map(|d| d.into_iter().collect()).collect())
+    (
+        ops,
+        deps.into_iter().map(|d| d.into_iter().collect()).collect(),
+    )
 }
 
 type Counted = (usize, usize, usize);
 
-async fn run_op(session: &Session, op: &Op, change: Option<&ResourceChange>, scope: &Mutex<Scope>, ui: &Ui) -> Result<Counted, Error> {
+async fn run_op(
+    session: &Session,
+    op: &Op,
+    change: Option<&ResourceChange>,
+    scope: &Mutex<Scope>,
+    ui: &Ui,
+) -> Result<Counted, Error> {
     let config = &session.loaded.config;
     let poisoned = || Error::Refused("internal error: scope lock poisoned".to_owned());
     if let Some(name) = op.node.strip_prefix("local.") {
         let mut scope = scope.lock().map_err(|_| poisoned())?;
         if let Some(local) = config.locals.iter().find(|l| l.name == name) {
-            let v = scope.eval(config, &local.value).map_err(|d| Error::Config(d.into()))?;
+            let v = scope
+                .eval(config, &local.value)
+                .map_err(|d| Error::Config(d.into()))?;
             let sensitive = scope.is_sensitive(&local.value);
             scope.set_local(name, v, sensitive);
         }
         return Ok((0, 0, 0));
     }
-    let Some(change) = change else { return Ok((0, 0, 0)) };
+    let Some(change) = change else {
+        return Ok((0, 0, 0));
+    };
     let address = change.address.as_str();
     let provider_error = |e| Error::Provider {
         address: address.to_owned(),
         source: e,
     };
     let Some(provider) = session.loaded.registry.provider_for(&change.type_name) else {
-        return Err(Error::Refused(format!("{address}: no provider serves `{}`", change.type_name)));
+        return Err(Error::Refused(format!(
+            "{address}: no provider serves `{}`",
+            change.type_name
+        )));
     };
     let schema = session.loaded.registry.schema(&change.type_name);
     let key = session.backend.key();
@@ -267,7 +314,10 @@ async fn run_op(session: &Session, op: &Op, change: Option<&ResourceChange>, sco
             session.backend.remove_resource(address).await?;
             return Ok((0, 0, 0));
         };
-        let gone_already = change.reason.as_deref().is_some_and(|r| r.starts_with("already gone"));
+        let gone_already = change
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("already gone"));
         if !gone_already {
             let before = change.before.clone().unwrap_or_default();
             let started = Instant::now();
@@ -290,7 +340,10 @@ async fn run_op(session: &Session, op: &Op, change: Option<&ResourceChange>, sco
             )
             .await
             .map_err(provider_error)?;
-            ui.status(&format!("{address}: Destruction complete after {}", elapsed(started)));
+            ui.status(&format!(
+                "{address}: Destruction complete after {}",
+                elapsed(started)
+            ));
         }
         if session.snapshot.resources.contains_key(address) || change.action == Action::Replace {
             session.backend.remove_resource(address).await?;
@@ -298,21 +351,39 @@ async fn run_op(session: &Session, op: &Op, change: Option<&ResourceChange>, sco
         return Ok((0, 0, 1));
     }
 
-    let Some(resource) = config.resource(address) else { return Ok((0, 0, 0)) };
-    let Some(schema) = schema else { return Ok((0, 0, 0)) };
+    let Some(resource) = config.resource(address) else {
+        return Ok((0, 0, 0));
+    };
+    let Some(schema) = schema else {
+        return Ok((0, 0, 0));
+    };
     // Evaluate again, now that everything this resource depends on exists.
     let mut desired = {
         let scope = scope.lock().map_err(|_| poisoned())?;
-        scope.eval_body(config, &resource.body, schema).map_err(Error::Config)?
+        scope
+            .eval_body(config, &resource.body, schema)
+            .map_err(Error::Config)?
     };
     let Some(mut known) = desired.all_known() else {
-        let unknown: Vec<&String> = desired.attrs.iter().filter(|(_, v)| **v == PValue::Unknown).map(|(k, _)| k).collect();
+        let unknown: Vec<&String> = desired
+            .attrs
+            .iter()
+            .filter(|(_, v)| **v == PValue::Unknown)
+            .map(|(k, _)| k)
+            .collect();
         return Err(Error::Refused(format!(
             "{address}: attributes still unknown at apply time: {}",
-            unknown.iter().map(|u| format!("`{u}`")).collect::<Vec<_>>().join(", ")
+            unknown
+                .iter()
+                .map(|u| format!("`{u}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
         )));
     };
-    provider.prepare(&change.type_name, &mut known).await.map_err(provider_error)?;
+    provider
+        .prepare(&change.type_name, &mut known)
+        .await
+        .map_err(provider_error)?;
     for (k, v) in &known {
         desired.attrs.insert(k.clone(), PValue::Known(v.clone()));
     }
@@ -329,14 +400,28 @@ async fn run_op(session: &Session, op: &Op, change: Option<&ResourceChange>, sco
                 attrs = change.before.clone().unwrap_or_default();
             }
             let applied = Applied {
-                id: change.prior_id.clone().or_else(|| prior_record.map(|r| r.id.clone())).unwrap_or_default(),
+                id: change
+                    .prior_id
+                    .clone()
+                    .or_else(|| prior_record.map(|r| r.id.clone()))
+                    .unwrap_or_default(),
                 attrs,
             };
             if change.action == Action::NoOp {
-                set_scope(scope, address, &known, &applied.attrs, schema, &desired.sensitive)?;
+                set_scope(
+                    scope,
+                    address,
+                    &known,
+                    &applied.attrs,
+                    schema,
+                    &desired.sensitive,
+                )?;
                 return Ok((0, 0, 0));
             }
-            ui.status(&format!("{address}: Adopted into state [id={}]", short_id(&applied.id)));
+            ui.status(&format!(
+                "{address}: Adopted into state [id={}]",
+                short_id(&applied.id)
+            ));
             (applied, (0, 0, 0))
         }
         Action::Create | Action::Replace => {
@@ -362,12 +447,19 @@ async fn run_op(session: &Session, op: &Op, change: Option<&ResourceChange>, sco
             )
             .await
             .map_err(provider_error)?;
-            ui.status(&format!("{address}: Creation complete after {} [id={}]", elapsed(started), short_id(&applied.id)));
+            ui.status(&format!(
+                "{address}: Creation complete after {} [id={}]",
+                elapsed(started),
+                short_id(&applied.id)
+            ));
             (applied, (1, 0, 0))
         }
         Action::Update => {
             let started = Instant::now();
-            ui.status(&format!("{address}: Modifying... [id={}]", short_id(change.prior_id.as_deref().unwrap_or(""))));
+            ui.status(&format!(
+                "{address}: Modifying... [id={}]",
+                short_id(change.prior_id.as_deref().unwrap_or(""))
+            ));
             let progress = |line: &str| ui.detail(address, line);
             let prior = change.before.clone().unwrap_or_default();
             let applied = with_ticker(
@@ -389,7 +481,11 @@ async fn run_op(session: &Session, op: &Op, change: Option<&ResourceChange>, sco
             )
             .await
             .map_err(provider_error)?;
-            ui.status(&format!("{address}: Modifications complete after {} [id={}]", elapsed(started), short_id(&applied.id)));
+            ui.status(&format!(
+                "{address}: Modifications complete after {} [id={}]",
+                elapsed(started),
+                short_id(&applied.id)
+            ));
             (applied, (0, 1, 0))
         }
         Action::Delete => return Ok((0, 0, 0)),
@@ -416,7 +512,14 @@ async fn run_op(session: &Session, op: &Op, change: Option<&ResourceChange>, sco
         depends_on,
     };
     session.backend.put_resource(address, &record).await?;
-    set_scope(scope, address, &known, &applied.attrs, schema, &desired.sensitive)?;
+    set_scope(
+        scope,
+        address,
+        &known,
+        &applied.attrs,
+        schema,
+        &desired.sensitive,
+    )?;
     Ok(counted)
 }
 
@@ -463,10 +566,18 @@ fn elapsed(started: Instant) -> String {
 }
 
 /// Runs `fut`, printing "Still creating... [10s elapsed]" every ten seconds.
-async fn with_ticker<T>(fut: impl std::future::Future<Output = T>, ui: &Ui, address: &str, verb: &str) -> T {
+async fn with_ticker<T>(
+    fut: impl std::future::Future<Output = T>,
+    ui: &Ui,
+    address: &str,
+    verb: &str,
+) -> T {
     let started = Instant::now();
     let mut fut = std::pin::pin!(fut);
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + Duration::from_secs(10), Duration::from_secs(10));
+    let mut ticker = tokio::time::interval_at(
+        tokio::time::Instant::now() + Duration::from_secs(10),
+        Duration::from_secs(10),
+    );
     loop {
         tokio::select! {
             out = &mut fut => return out,

@@ -109,11 +109,10 @@ impl Diagnostic {
     /// Renders the diagnostic with the source line and a caret.
     pub fn render(&self) -> String {
         let report = Rendered(self);
-        let handler = miette::GraphicalReportHandler::new_themed(
-            miette::GraphicalTheme::unicode_nocolor(),
-        )
-        .with_width(100)
-        .with_links(false);
+        let handler =
+            miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
+                .with_width(100)
+                .with_links(false);
         let mut out = String::new();
         if handler.render_report(&mut out, &report).is_err() {
             out = format!("{self}");
@@ -177,11 +176,7 @@ impl miette::Diagnostic for Rendered<'_> {
     fn labels(&self) -> Option<Box<dyn Iterator<Item = miette::LabeledSpan> + '_>> {
         let (_, span) = self.0.location.as_ref()?;
         let len = span.end.saturating_sub(span.start).max(1);
-        let label = miette::LabeledSpan::new(
-            self.0.label.clone(),
-            span.start,
-            len,
-        );
+        let label = miette::LabeledSpan::new(self.0.label.clone(), span.start, len);
         Some(Box::new(std::iter::once(label)))
     }
 }
@@ -241,7 +236,11 @@ impl Diagnostics {
 
     /// `Err(self)` if there is any error, else `Ok(())`.
     pub fn into_result(self) -> Result<Vec<Diagnostic>, Diagnostics> {
-        if self.has_errors() { Err(self) } else { Ok(self.0) }
+        if self.has_errors() {
+            Err(self)
+        } else {
+            Ok(self.0)
+        }
     }
 }
 

@@ -18,13 +18,17 @@
 //!   brackets, whatever their number), and `=` alignment of `key = value` lines inside
 //!   multi-line objects. A small lexer over the value text tells which lines begin inside a
 //!   heredoc, a quoted string or a `/* */` comment: those lines are left untouched (heredoc
-//!   lines byte for byte, the others only lose trailing whitespace).
+//!   lines byte for byte, the others only lose trailing whitespace, and not even that when
+//!   the line ends inside a string).
 //! * As a safety net the result is parsed again and compared with the input, ignoring
 //!   whitespace and comments; a mismatch is reported as an error instead of returning output
 //!   that would change the configuration's meaning.
 //!
 //! Known differences from `terraform fmt`: spacing *inside* expressions (`a+b`, `[1,2]`) is kept
-//! as written; CRLF line endings are converted to LF (also inside heredocs).
+//! as written; trailing comments are aligned only across attributes; a line like `"b"]` stays
+//! at the inner level (only *leading* closing brackets dedent a line); blank lines after `{` and
+//! before `}` are removed; CRLF line endings become LF (also inside heredocs) and a leading
+//! byte order mark is dropped.
 
 use std::ops::Range;
 
@@ -211,11 +215,13 @@ fn decor_lines(text: &str, depth: usize, lines: &mut Vec<Line>) -> Option<String
         let started_in_comment = in_comment;
         in_comment = comment_state_after(segment, in_comment);
         if last {
-            let trimmed = if started_in_comment {
-                segment.trim_end()
-            } else {
-                segment.trim()
-            };
+            if started_in_comment {
+                // The end of a multi-line comment: keep it as written on a line of its own, so
+                // the structure that followed it gets normal indentation.
+                lines.push(Line::protected(segment.trim_end().to_string()));
+                return None;
+            }
+            let trimmed = segment.trim();
             return (!trimmed.is_empty()).then(|| trimmed.to_string());
         }
         if started_in_comment {
@@ -259,6 +265,8 @@ struct LineScan {
     net: isize,
     /// Byte offset of the line's first top-level `=`, and the nesting change before it.
     assign: Option<(usize, isize)>,
+    /// The line ends inside a quoted string, so its trailing whitespace is content.
+    ends_quoted: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -273,7 +281,8 @@ enum Ctx {
 #[derive(Debug, Default)]
 struct Lexer {
     stack: Vec<Ctx>,
-    heredoc: Option<String>,
+    /// The marker of the heredoc being read, and whether its first content line is still due.
+    heredoc: Option<(String, bool)>,
     in_comment: bool,
 }
 
@@ -293,19 +302,30 @@ impl Lexer {
             leading_closers: 0,
             net: 0,
             assign: None,
+            ends_quoted: false,
         };
-        if let Some(marker) = &self.heredoc {
-            if line.trim() == marker {
-                self.heredoc = None;
+        let mut i = 0;
+        if let Some((marker, first_line)) = &mut self.heredoc {
+            // Like hcl-edit: after the first content line, the heredoc ends at a line holding
+            // optional blanks and the marker (not followed by an identifier character); code
+            // may follow on that line. (An empty heredoc, whose marker is the first line, is
+            // left as a protected line.)
+            let content = line.trim_start_matches([' ', '\t']);
+            let after = content.strip_prefix(marker.as_str());
+            let ends = !*first_line
+                && after.is_some_and(|rest| !rest.chars().next().is_some_and(is_ident_char));
+            *first_line = false;
+            if !ends {
+                return scan;
             }
-            return scan;
+            i = line.len() - content.len() + marker.len();
+            self.heredoc = None;
         }
 
         let bytes = line.as_bytes();
         let at = |i: usize, s: &[u8]| bytes.get(i..i + s.len()) == Some(s);
-        let mut seen_token = false;
+        let mut seen_token = i > 0;
         let mut pending_heredoc = None;
-        let mut i = 0;
         while i < bytes.len() {
             let b = bytes[i];
             if self.in_comment {
@@ -348,13 +368,10 @@ impl Lexer {
                 b'<' if at(i, b"<<") => {
                     let rest = line.get(i + 2..).unwrap_or_default();
                     let rest = rest.strip_prefix('-').unwrap_or(rest);
-                    let marker: String = rest
-                        .chars()
-                        .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '-')
-                        .collect();
+                    let marker: String = rest.chars().take_while(|c| is_ident_char(*c)).collect();
                     seen_token = true;
                     if !marker.is_empty() {
-                        pending_heredoc = Some(marker);
+                        pending_heredoc = Some((marker, true));
                         break;
                     }
                     i += 1;
@@ -397,8 +414,14 @@ impl Lexer {
         if pending_heredoc.is_some() {
             self.heredoc = pending_heredoc;
         }
+        scan.ends_quoted = !self.stack.is_empty();
         scan
     }
+}
+
+/// Whether `c` may continue an HCL identifier (and so a heredoc marker).
+fn is_ident_char(c: char) -> bool {
+    c.is_alphanumeric() || c == '_' || c == '-'
 }
 
 /// Bracket-nesting indentation levels, `terraform fmt` style: a line that opens brackets adds
@@ -483,7 +506,7 @@ fn layout_value(text: &str, depth: usize) -> Value {
     let first_scan = lexer.scan_line(first_raw);
     stack.apply(first_scan.net);
 
-    // Continuation lines, with their scan and whether they may take part in `=` alignment.
+    // Continuation lines, each with the byte offset of its `=` if it may join an alignment run.
     let mut rest: Vec<(Line, Option<usize>)> = Vec::new();
     for raw in raw_lines {
         let scan = lexer.scan_line(raw);
@@ -494,11 +517,11 @@ fn layout_value(text: &str, depth: usize) -> Value {
             }
             LineStart::Quoted | LineStart::Comment => {
                 stack.apply(scan.net);
-                Line::protected(raw.trim_end().to_string())
+                Line::protected(trim_end_unless_quoted(raw, &scan).to_string())
             }
             LineStart::Code => {
                 let level = stack.code_line(scan.leading_closers, scan.net);
-                let content = raw.trim();
+                let content = trim_end_unless_quoted(raw, &scan).trim_start();
                 if content.is_empty() {
                     Line::blank()
                 } else {
@@ -516,7 +539,10 @@ fn layout_value(text: &str, depth: usize) -> Value {
                     && scan.net == net_before
                     && pos > offset =>
             {
-                Some(line.text.len() - raw.trim().len() + (pos - offset))
+                let indent_len = line.text.len().checked_sub(raw.trim().len());
+                indent_len
+                    .map(|indent_len| indent_len + (pos - offset))
+                    .filter(|_| !scan.ends_quoted)
             }
             _ => None,
         };
@@ -525,9 +551,19 @@ fn layout_value(text: &str, depth: usize) -> Value {
     align_object_items(&mut rest);
 
     Value {
-        first: first_raw.trim_end().to_string(),
+        first: trim_end_unless_quoted(first_raw, &first_scan).to_string(),
         rest: rest.into_iter().map(|(line, _)| line).collect(),
         first_balanced: first_scan.net == 0,
+    }
+}
+
+/// Strips trailing whitespace unless the line ends inside a quoted string (where it is content,
+/// e.g. in a template directive spanning lines).
+fn trim_end_unless_quoted<'a>(raw: &'a str, scan: &LineScan) -> &'a str {
+    if scan.ends_quoted {
+        raw
+    } else {
+        raw.trim_end()
     }
 }
 
@@ -923,6 +959,14 @@ mod tests {
     }
 
     #[test]
+    fn multi_line_comment_before_structure_on_same_line() {
+        check(
+            "x {\n  /* a\n     b */ y = 1\n  zz = 2\n}\n",
+            "x {\n  /* a\n     b */\n  y  = 1\n  zz = 2\n}\n",
+        );
+    }
+
+    #[test]
     fn inline_comments_kept() {
         check(
             "a /* k */ = /* v */ 1\nb \"l\" /* c */ {\n}\n",
@@ -935,6 +979,35 @@ mod tests {
         let input = "x {\n      script = <<EOT\n  keep   this  \n\n\n\tand this\nEOT\n   other = 1\n  text = <<-EOT\n      indented\n    EOT\n}\n";
         let expected = "x {\n  script = <<EOT\n  keep   this  \n\n\n\tand this\nEOT\n  other = 1\n  text  = <<-EOT\n      indented\n    EOT\n}\n";
         check(input, expected);
+    }
+
+    #[test]
+    fn code_after_heredoc_marker() {
+        check(
+            "x {\na = jsonencode(<<EOT\n  { \"k\": [ }\nEOT\n)\nb = [<<EOT\nin [\n  EOT\n, 1]\nc = 1\n}\n",
+            "x {\n  a = jsonencode(<<EOT\n  { \"k\": [ }\nEOT\n  )\n  b = [<<EOT\nin [\n  EOT\n    , 1]\n  c = 1\n}\n",
+        );
+        check(
+            "a = [<<EOT\nx\nEOT\n  ]\nbb = 2\n",
+            "a = [<<EOT\nx\nEOT\n]\nbb = 2\n",
+        );
+        check(
+            "a = [<<EOT\nx\n  EOT]\nb = {\n c = 1\n }\n",
+            "a = [<<EOT\nx\n  EOT]\nb = {\n  c = 1\n}\n",
+        );
+        // The first content line never ends a heredoc, even when it starts with the marker.
+        check(
+            "x {\na = <<-EOT\n   EOT more {\n  EOT\nb = [\n1]\n}\n",
+            "x {\n  a = <<-EOT\n   EOT more {\n  EOT\n  b = [\n    1]\n}\n",
+        );
+    }
+
+    #[test]
+    fn whitespace_inside_multi_line_templates_kept() {
+        check(
+            "a {\n    t = \"%{ for x in [1, 2] \n}${x}%{ endfor }\"  \n}\n",
+            "a {\n  t = \"%{ for x in [1, 2] \n}${x}%{ endfor }\"\n}\n",
+        );
     }
 
     #[test]
@@ -1051,22 +1124,25 @@ mod tests {
 
     #[test]
     fn fixture_files_are_idempotent() {
+        // Each `tests/fixtures/fmt/NAME.hcl` formats to `NAME.hcl.expected`.
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fmt");
         let Ok(entries) = std::fs::read_dir(&dir) else {
             return;
         };
+        let mut checked = 0;
         for entry in entries.flatten() {
             let path = entry.path();
             if path.extension().and_then(|e| e.to_str()) != Some("hcl") {
                 continue;
             }
             let input = std::fs::read_to_string(&path).expect("read fixture");
-            let expected_path = path.with_extension("hcl.expected");
-            let out = fmt(&input);
-            if let Ok(expected) = std::fs::read_to_string(&expected_path) {
-                assert_eq!(out, expected, "{}", path.display());
-            }
+            let expected = std::fs::read_to_string(path.with_extension("hcl.expected"))
+                .expect("every fixture has a .hcl.expected file");
+            assert_eq!(fmt(&input), expected, "{}", path.display());
+            assert_eq!(fmt(&expected), expected, "{}", path.display());
+            checked += 1;
         }
+        assert!(checked > 0, "no fixtures in {}", dir.display());
     }
 
     #[test]

@@ -36,11 +36,16 @@ impl Graph {
         }
         let mut deps: BTreeMap<String, BTreeSet<String>> =
             index.keys().map(|k| (k.clone(), BTreeSet::new())).collect();
-        let mut add = |from: &str, to: &str, span: Range<usize>, graph: &mut DiGraph<String, Range<usize>>| {
+        let mut add = |from: &str,
+                       to: &str,
+                       span: Range<usize>,
+                       graph: &mut DiGraph<String, Range<usize>>| {
             if let (Some(&a), Some(&b)) = (index.get(from), index.get(to)) {
                 // Edge from dependency to dependent.
                 graph.add_edge(b, a, span);
-                deps.entry(from.to_owned()).or_default().insert(to.to_owned());
+                deps.entry(from.to_owned())
+                    .or_default()
+                    .insert(to.to_owned());
             }
         };
         for l in &config.locals {
@@ -72,7 +77,9 @@ impl Graph {
                 let mut diags = Diagnostics::default();
                 for scc in tarjan_scc(&graph) {
                     let is_cycle = scc.len() > 1
-                        || scc.first().is_some_and(|&n| graph.find_edge(n, n).is_some());
+                        || scc
+                            .first()
+                            .is_some_and(|&n| graph.find_edge(n, n).is_some());
                     if !is_cycle {
                         continue;
                     }
@@ -99,7 +106,11 @@ impl Graph {
     }
 }
 
-fn cycle_diagnostic(config: &Config, graph: &DiGraph<String, Range<usize>>, scc: &[NodeIndex]) -> Diagnostic {
+fn cycle_diagnostic(
+    config: &Config,
+    graph: &DiGraph<String, Range<usize>>,
+    scc: &[NodeIndex],
+) -> Diagnostic {
     // Walk the cycle in dependency order starting from the first member
     // that appears in the file, so the message is stable.
     let members: BTreeSet<NodeIndex> = scc.iter().copied().collect();

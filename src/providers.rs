@@ -34,7 +34,9 @@ impl Registry {
 
     /// The provider serving `type_name`.
     pub fn provider_for(&self, type_name: &str) -> Option<&Arc<dyn Provider>> {
-        self.by_type.get(type_name).and_then(|(i, _)| self.providers.get(*i))
+        self.by_type
+            .get(type_name)
+            .and_then(|(i, _)| self.providers.get(*i))
     }
 
     /// The provider called `name`.

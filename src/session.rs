@@ -154,14 +154,21 @@ impl Session {
             .resources
             .iter()
             .map(|r| r.type_name.as_str())
-            .chain(self.snapshot.resources.values().map(|r| r.type_name.as_str()));
+            .chain(
+                self.snapshot
+                    .resources
+                    .values()
+                    .map(|r| r.type_name.as_str()),
+            );
         for t in types {
             if let Some(p) = self.loaded.registry.provider_for(t) {
                 used.insert(p.name());
             }
         }
         for name in used {
-            let Some(provider) = self.loaded.registry.by_name(name) else { continue };
+            let Some(provider) = self.loaded.registry.by_name(name) else {
+                continue;
+            };
             let block = self.loaded.config.providers.iter().find(|p| p.name == name);
             let mut attrs = berth_provider::Attrs::new();
             if let Some(block) = block {

@@ -5,7 +5,10 @@ use std::process::ExitCode;
 
 use berth_state::StateBackend;
 
-use super::{ApplyArgs, Cli, Command, DestroyArgs, FmtArgs, OutputArgs, PlanArgs, ShowArgs, StateCommand, planfile};
+use super::{
+    ApplyArgs, Cli, Command, DestroyArgs, FmtArgs, OutputArgs, PlanArgs, ShowArgs, StateCommand,
+    planfile,
+};
 use crate::config::validate::SchemaLookup;
 use crate::error::Error;
 use crate::plan::{self, Plan};
@@ -50,7 +53,10 @@ fn report(e: &Error) {
 fn load(target: &Target) -> Result<session::Loaded, Error> {
     let loaded = session::load(target)?;
     if !loaded.warnings.is_empty() {
-        eprint!("{}", crate::diag::Diagnostics(loaded.warnings.clone()).render());
+        eprint!(
+            "{}",
+            crate::diag::Diagnostics(loaded.warnings.clone()).render()
+        );
     }
     Ok(loaded)
 }
@@ -143,10 +149,13 @@ fn confirm(ui: &Ui, question: &str, auto_approve: bool) -> Result<bool, Error> {
     }
     if !std::io::stdin().is_terminal() {
         return Err(Error::Refused(
-            "no terminal to ask for confirmation: pass --auto-approve to run without one".to_owned(),
+            "no terminal to ask for confirmation: pass --auto-approve to run without one"
+                .to_owned(),
         ));
     }
-    ui.result(&format!("\n{question}\n  Only 'yes' will be accepted to approve.\n\n  Enter a value: "));
+    ui.result(&format!(
+        "\n{question}\n  Only 'yes' will be accepted to approve.\n\n  Enter a value: "
+    ));
     let mut line = String::new();
     std::io::stdin()
         .lock()
@@ -167,13 +176,31 @@ async fn cmd_apply(cli: &Cli, args: &ApplyArgs) -> Result<ExitCode, Error> {
         None => target,
     };
     let approve = args.auto_approve || saved.is_some();
-    converge(&target, &ui, "apply", false, approve, args.parallelism, saved.as_ref()).await
+    converge(
+        &target,
+        &ui,
+        "apply",
+        false,
+        approve,
+        args.parallelism,
+        saved.as_ref(),
+    )
+    .await
 }
 
 async fn cmd_destroy(cli: &Cli, args: &DestroyArgs) -> Result<ExitCode, Error> {
     let target = cli.target(&args.vars);
     let ui = cli.ui(false);
-    converge(&target, &ui, "destroy", true, args.auto_approve, args.parallelism, None).await
+    converge(
+        &target,
+        &ui,
+        "destroy",
+        true,
+        args.auto_approve,
+        args.parallelism,
+        None,
+    )
+    .await
 }
 
 async fn converge(
@@ -365,7 +392,10 @@ async fn cmd_state(cli: &Cli, cmd: &StateCommand) -> Result<ExitCode, Error> {
         StateCommand::Show { address } => {
             let snapshot = read_state(&target, "state show").await?;
             let Some(record) = snapshot.resources.get(address) else {
-                return Err(Error::Refused(format!("no resource `{address}` in the state of `{}`", target.env)));
+                return Err(Error::Refused(format!(
+                    "no resource `{address}` in the state of `{}`",
+                    target.env
+                )));
             };
             print!("{}", show_record(address, record));
         }
@@ -376,7 +406,10 @@ async fn cmd_state(cli: &Cli, cmd: &StateCommand) -> Result<ExitCode, Error> {
             let result = async {
                 let snapshot = backend.read().await?;
                 if !snapshot.resources.contains_key(address) {
-                    return Err(Error::Refused(format!("no resource `{address}` in the state of `{}`", target.env)));
+                    return Err(Error::Refused(format!(
+                        "no resource `{address}` in the state of `{}`",
+                        target.env
+                    )));
                 }
                 backend.remove_resource(address).await?;
                 Ok(())
@@ -401,9 +434,17 @@ fn cmd_fmt(cli: &Cli, args: &FmtArgs) -> Result<ExitCode, Error> {
             name: cli.file.display().to_string(),
             text: text.clone(),
         });
-        let crate::fmt::FmtError::Parse { line, column, message } = &e;
+        let crate::fmt::FmtError::Parse {
+            line,
+            column,
+            message,
+        } = &e;
         let offset = offset_of(&text, *line, *column);
-        Error::Config(crate::diag::Diagnostic::error(&source, offset..offset + 1, "syntax error").with_label(message.clone()).into())
+        Error::Config(
+            crate::diag::Diagnostic::error(&source, offset..offset + 1, "syntax error")
+                .with_label(message.clone())
+                .into(),
+        )
     })?;
     if formatted == text {
         return Ok(ExitCode::SUCCESS);
@@ -421,7 +462,11 @@ fn offset_of(text: &str, line: usize, column: usize) -> usize {
     let mut offset = 0;
     for (i, l) in text.split_inclusive('\n').enumerate() {
         if i + 1 == line {
-            return offset + l.char_indices().nth(column.saturating_sub(1)).map(|(b, _)| b).unwrap_or(0);
+            return offset
+                + l.char_indices()
+                    .nth(column.saturating_sub(1))
+                    .map(|(b, _)| b)
+                    .unwrap_or(0);
         }
         offset += l.len();
     }

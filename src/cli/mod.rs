@@ -23,7 +23,13 @@ use crate::ui::Ui;
 #[command(name = "berth", version, about, long_about = None)]
 pub struct Cli {
     /// The configuration file.
-    #[arg(short = 'f', long, global = true, default_value = "berth.hcl", env = "BERTH_FILE")]
+    #[arg(
+        short = 'f',
+        long,
+        global = true,
+        default_value = "berth.hcl",
+        env = "BERTH_FILE"
+    )]
     pub file: PathBuf,
     /// The environment (state namespace); also `BERTH_ENV`, or GitLab's
     /// `CI_ENVIRONMENT_NAME` when present.
@@ -187,10 +193,23 @@ pub struct ForceUnlockArgs {
 }
 
 /// Rewrites Terraform-style single-dash long flags into clap's `--flag`.
-pub fn normalize_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+pub fn normalize_args(
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+) -> Vec<std::ffi::OsString> {
     const LONG: &[&str] = &[
-        "var", "var-file", "out", "auto-approve", "json", "detailed-exitcode", "parallelism", "destroy", "check",
-        "raw", "no-color", "file", "env",
+        "var",
+        "var-file",
+        "out",
+        "auto-approve",
+        "json",
+        "detailed-exitcode",
+        "parallelism",
+        "destroy",
+        "check",
+        "raw",
+        "no-color",
+        "file",
+        "env",
     ];
     args.into_iter()
         .map(|a| {
@@ -212,7 +231,10 @@ pub fn normalize_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Vec
 pub fn main() -> ExitCode {
     let cli = Cli::parse_from(normalize_args(std::env::args_os()));
     init_logging(cli.verbose);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("Error: cannot start the async runtime: {e}");
@@ -228,8 +250,11 @@ fn init_logging(verbose: u8) {
         1 => "info",
         _ => "debug",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("berth={level},berth_docker={level},berth_state={level}")));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!(
+            "berth={level},berth_docker={level},berth_state={level}"
+        ))
+    });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -243,7 +268,11 @@ impl Cli {
             .env
             .clone()
             .or_else(|| std::env::var("BERTH_ENV").ok().filter(|e| !e.is_empty()))
-            .or_else(|| std::env::var("CI_ENVIRONMENT_NAME").ok().filter(|e| !e.is_empty()))
+            .or_else(|| {
+                std::env::var("CI_ENVIRONMENT_NAME")
+                    .ok()
+                    .filter(|e| !e.is_empty())
+            })
             .unwrap_or_else(|| "default".to_owned());
         Target {
             file: self.file.clone(),

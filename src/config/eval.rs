@@ -118,7 +118,8 @@ impl Scope {
             }
             Some(attrs) => {
                 let prefix = format!("{address}.");
-                self.unknown.retain(|u| u != address && !u.starts_with(&prefix));
+                self.unknown
+                    .retain(|u| u != address && !u.starts_with(&prefix));
                 let object: hcl::Map<String, hcl::Value> =
                     attrs.iter().map(|(k, v)| (k.clone(), to_hcl(v))).collect();
                 self.resources
@@ -223,18 +224,27 @@ impl Scope {
             Ok(value) => Ok(PValue::Known(from_hcl(&value))),
             Err(error) => {
                 let message = describe_error(&error, self.is_sensitive(expr));
-                Err(config.error(expr.span.clone(), "cannot evaluate expression").with_label(message))
+                Err(config
+                    .error(expr.span.clone(), "cannot evaluate expression")
+                    .with_label(message))
             }
         }
     }
 
     /// Evaluates a resource body against its schema: every attribute and
     /// block, defaults filled in, types checked and converted.
-    pub fn eval_body(&self, config: &Config, body: &Body, schema: &ResourceSchema) -> Result<Evaluated, Diagnostics> {
+    pub fn eval_body(
+        &self,
+        config: &Config,
+        body: &Body,
+        schema: &ResourceSchema,
+    ) -> Result<Evaluated, Diagnostics> {
         let mut diags = Diagnostics::default();
         let mut out = Evaluated::default();
         for attr in &body.attrs {
-            let Some(attr_schema) = schema.attribute(&attr.name) else { continue };
+            let Some(attr_schema) = schema.attribute(&attr.name) else {
+                continue;
+            };
             if self.is_sensitive(&attr.value) || attr_schema.sensitive {
                 out.sensitive.insert(attr.name.clone());
             }
@@ -243,7 +253,14 @@ impl Scope {
                     Ok(v) => {
                         out.attrs.insert(attr.name.clone(), PValue::Known(v));
                     }
-                    Err(expected) => diags.push(type_error(config, &attr.value, &attr.name, expected, &v, out.sensitive.contains(&attr.name))),
+                    Err(expected) => diags.push(type_error(
+                        config,
+                        &attr.value,
+                        &attr.name,
+                        expected,
+                        &v,
+                        out.sensitive.contains(&attr.name),
+                    )),
                 },
                 Ok(PValue::Unknown) => {
                     out.attrs.insert(attr.name.clone(), PValue::Unknown);
@@ -252,7 +269,11 @@ impl Scope {
             }
         }
         for block_schema in &schema.blocks {
-            let blocks: Vec<&super::Block> = body.blocks.iter().filter(|b| b.name == block_schema.name).collect();
+            let blocks: Vec<&super::Block> = body
+                .blocks
+                .iter()
+                .filter(|b| b.name == block_schema.name)
+                .collect();
             if blocks.is_empty() {
                 continue;
             }
@@ -279,14 +300,20 @@ impl Scope {
                 PValue::Unknown
             } else {
                 match block_schema.nesting {
-                    Nesting::Single => PValue::Known(items.into_iter().next().unwrap_or(Value::Null)),
+                    Nesting::Single => {
+                        PValue::Known(items.into_iter().next().unwrap_or(Value::Null))
+                    }
                     Nesting::List => PValue::Known(Value::Array(items)),
                 }
             };
             out.attrs.insert(block_schema.name.to_owned(), value);
         }
         fill_defaults(&schema.attributes, &mut out.attrs);
-        if diags.has_errors() { Err(diags) } else { Ok(out) }
+        if diags.has_errors() {
+            Err(diags)
+        } else {
+            Ok(out)
+        }
     }
 
     fn eval_block(
@@ -301,7 +328,9 @@ impl Scope {
         let mut sensitive = false;
         let mut failed = false;
         for attr in &body.attrs {
-            let Some(attr_schema) = schema.attributes.iter().find(|a| a.name == attr.name) else { continue };
+            let Some(attr_schema) = schema.attributes.iter().find(|a| a.name == attr.name) else {
+                continue;
+            };
             let attr_sensitive = self.is_sensitive(&attr.value) || attr_schema.sensitive;
             sensitive |= attr_sensitive;
             match self.eval(config, &attr.value) {
@@ -310,7 +339,14 @@ impl Scope {
                         object.insert(attr.name.clone(), PValue::Known(v));
                     }
                     Err(expected) => {
-                        diags.push(type_error(config, &attr.value, &attr.name, expected, &v, attr_sensitive));
+                        diags.push(type_error(
+                            config,
+                            &attr.value,
+                            &attr.name,
+                            expected,
+                            &v,
+                            attr_sensitive,
+                        ));
                         failed = true;
                     }
                 },
@@ -370,7 +406,14 @@ fn fill_defaults(attrs: &[AttrSchema], out: &mut BTreeMap<String, PValue>) {
     }
 }
 
-fn type_error(config: &Config, expr: &Expr, name: &str, expected: AttrType, got: &Value, sensitive: bool) -> Diagnostic {
+fn type_error(
+    config: &Config,
+    expr: &Expr,
+    name: &str,
+    expected: AttrType,
+    got: &Value,
+    sensitive: bool,
+) -> Diagnostic {
     let got = if sensitive {
         describe_kind(got).to_owned()
     } else {
@@ -411,20 +454,20 @@ pub fn convert(v: &Value, ty: AttrType) -> Result<Value, AttrType> {
         (AttrType::String, Value::Number(n)) => Ok(Value::String(n.to_string())),
         (AttrType::String, Value::Bool(b)) => Ok(Value::String(b.to_string())),
         (AttrType::Number, Value::Number(_)) => Ok(v.clone()),
-        (AttrType::Number, Value::String(s)) => s
-            .trim()
-            .parse::<i64>()
-            .map(Value::from)
-            .or_else(|_| {
+        (AttrType::Number, Value::String(s)) => {
+            s.trim().parse::<i64>().map(Value::from).or_else(|_| {
                 s.trim()
                     .parse::<f64>()
                     .ok()
                     .and_then(serde_json::Number::from_f64)
                     .map(Value::Number)
                     .ok_or(ty)
-            }),
+            })
+        }
         (AttrType::Bool, Value::Bool(_)) => Ok(v.clone()),
-        (AttrType::Bool, Value::String(s)) if s == "true" || s == "false" => Ok(Value::Bool(s == "true")),
+        (AttrType::Bool, Value::String(s)) if s == "true" || s == "false" => {
+            Ok(Value::Bool(s == "true"))
+        }
         (AttrType::ListOfString, Value::Array(items)) => items
             .iter()
             .map(|i| convert(i, AttrType::String))
@@ -470,7 +513,9 @@ pub fn to_hcl(v: &Value) -> hcl::Value {
             .unwrap_or(hcl::Value::Null),
         Value::String(s) => hcl::Value::String(s.clone()),
         Value::Array(items) => hcl::Value::Array(items.iter().map(to_hcl).collect()),
-        Value::Object(map) => hcl::Value::Object(map.iter().map(|(k, v)| (k.clone(), to_hcl(v))).collect()),
+        Value::Object(map) => {
+            hcl::Value::Object(map.iter().map(|(k, v)| (k.clone(), to_hcl(v))).collect())
+        }
     }
 }
 
@@ -483,10 +528,16 @@ pub fn from_hcl(v: &hcl::Value) -> Value {
             .as_i64()
             .map(Value::from)
             .or_else(|| n.as_u64().map(Value::from))
-            .or_else(|| n.as_f64().and_then(serde_json::Number::from_f64).map(Value::Number))
+            .or_else(|| {
+                n.as_f64()
+                    .and_then(serde_json::Number::from_f64)
+                    .map(Value::Number)
+            })
             .unwrap_or(Value::Null),
         hcl::Value::String(s) => Value::String(s.clone()),
         hcl::Value::Array(items) => Value::Array(items.iter().map(from_hcl).collect()),
-        hcl::Value::Object(map) => Value::Object(map.iter().map(|(k, v)| (k.clone(), from_hcl(v))).collect()),
+        hcl::Value::Object(map) => {
+            Value::Object(map.iter().map(|(k, v)| (k.clone(), from_hcl(v))).collect())
+        }
     }
 }

@@ -814,6 +814,8 @@ fn write_json(out: &mut String, value: &Value) {
     }
 }
 
+/// `jsonencode(value)`: compact JSON with object keys sorted like Terraform's. Unlike
+/// Terraform, `<`, `>` and `&` are not escaped as `\u003c` etc.
 fn jsonencode(args: FuncArgs) -> Result<Value, String> {
     Ok(Value::String(json_encode(arg(&args, 0, "jsonencode")?)))
 }
@@ -848,6 +850,7 @@ fn from_json(value: serde_json::Value) -> Result<Value, String> {
     })
 }
 
+/// `jsondecode(string)`: the value a JSON document describes (nesting is limited to 128 levels).
 fn jsondecode(args: FuncArgs) -> Result<Value, String> {
     let s = str_arg(&args, 0, "jsondecode")?;
     let parsed: serde_json::Value =

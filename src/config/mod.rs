@@ -122,7 +122,11 @@ impl Body {
 
     /// Every reference made anywhere in the body.
     pub fn refs(&self) -> Vec<&Ref> {
-        let mut out: Vec<&Ref> = self.attrs.iter().flat_map(|a| a.value.refs.iter()).collect();
+        let mut out: Vec<&Ref> = self
+            .attrs
+            .iter()
+            .flat_map(|a| a.value.refs.iter())
+            .collect();
         for b in &self.blocks {
             out.extend(b.body.refs());
         }
@@ -235,17 +239,28 @@ pub const MAX_FILE_BYTES: u64 = 8 * 1024 * 1024;
 /// Reads and parses the file at `path`.
 pub fn load(path: &Path) -> Result<Config, Diagnostics> {
     let name = path.display().to_string();
-    let bytes = read_bounded(path).map_err(|e| Diagnostic::bare(format!("cannot read `{name}`: {e}")))?;
+    let bytes =
+        read_bounded(path).map_err(|e| Diagnostic::bare(format!("cannot read `{name}`: {e}")))?;
     let text = String::from_utf8(bytes).map_err(|e| {
         let valid = e.utf8_error().valid_up_to();
         let prefix = String::from_utf8_lossy(&e.as_bytes()[..valid]);
         let line = prefix.matches('\n').count() + 1;
-        let col = prefix.rsplit('\n').next().map(|l| l.chars().count() + 1).unwrap_or(1);
+        let col = prefix
+            .rsplit('\n')
+            .next()
+            .map(|l| l.chars().count() + 1)
+            .unwrap_or(1);
         Diagnostic::bare(format!("{name}:{line}:{col}: the file is not valid UTF-8"))
     })?;
     let base_dir = path
         .parent()
-        .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+        .map(|p| {
+            if p.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                p
+            }
+        })
         .unwrap_or(Path::new("."))
         .to_path_buf();
     parse::parse(Arc::new(SourceFile { name, text }), base_dir)

@@ -18,7 +18,14 @@ use super::{
 use crate::diag::{Diagnostic, Diagnostics, SourceFile, closest};
 
 const TOP_LEVEL: &[&str] = &[
-    "variable", "locals", "provider", "resource", "output", "check", "terraform", "backend",
+    "variable",
+    "locals",
+    "provider",
+    "resource",
+    "output",
+    "check",
+    "terraform",
+    "backend",
 ];
 
 /// Parses `source` into a [`Config`].
@@ -123,28 +130,44 @@ impl Parser {
         Some(labels)
     }
 
-    fn top_block(&mut self, block: &structure::Block, config: &mut Config, seen: &mut HashSet<String>) {
+    fn top_block(
+        &mut self,
+        block: &structure::Block,
+        config: &mut Config,
+        seen: &mut HashSet<String>,
+    ) {
         let kind = block.ident.as_str();
         let span = Self::header_span(block);
         match kind {
             "variable" => {
-                let Some(labels) = self.labels(block, &["NAME"]) else { return };
+                let Some(labels) = self.labels(block, &["NAME"]) else {
+                    return;
+                };
                 let name = labels[0].clone();
                 if !seen.insert(format!("var.{name}")) {
-                    self.diags.push(self.error(span, format!("variable `{name}` is declared twice")));
+                    self.diags
+                        .push(self.error(span, format!("variable `{name}` is declared twice")));
                     return;
                 }
-                config.variables.push(self.variable(name, span, &block.body));
+                config
+                    .variables
+                    .push(self.variable(name, span, &block.body));
             }
             "locals" => {
                 let _ = self.labels(block, &[]);
                 let body = self.body(&block.body);
                 for b in &body.blocks {
-                    self.diags.push(self.error(b.span.clone(), format!("unexpected block `{}` in `locals`", b.name)));
+                    self.diags.push(self.error(
+                        b.span.clone(),
+                        format!("unexpected block `{}` in `locals`", b.name),
+                    ));
                 }
                 for attr in body.attrs {
                     if !seen.insert(format!("local.{}", attr.name)) {
-                        self.diags.push(self.error(attr.name_span, format!("local `{}` is declared twice", attr.name)));
+                        self.diags.push(self.error(
+                            attr.name_span,
+                            format!("local `{}` is declared twice", attr.name),
+                        ));
                         continue;
                     }
                     config.locals.push(Local {
@@ -154,7 +177,9 @@ impl Parser {
                 }
             }
             "provider" => {
-                let Some(labels) = self.labels(block, &["NAME"]) else { return };
+                let Some(labels) = self.labels(block, &["NAME"]) else {
+                    return;
+                };
                 config.providers.push(ProviderBlock {
                     name: labels[0].clone(),
                     span,
@@ -162,10 +187,13 @@ impl Parser {
                 });
             }
             "resource" => {
-                let Some(labels) = self.labels(block, &["TYPE", "NAME"]) else { return };
+                let Some(labels) = self.labels(block, &["TYPE", "NAME"]) else {
+                    return;
+                };
                 let address = format!("{}.{}", labels[0], labels[1]);
                 if !seen.insert(address.clone()) {
-                    self.diags.push(self.error(span, format!("resource `{address}` is declared twice")));
+                    self.diags
+                        .push(self.error(span, format!("resource `{address}` is declared twice")));
                     return;
                 }
                 if let Some(resource) = self.resource(labels, span, &block.body) {
@@ -173,10 +201,13 @@ impl Parser {
                 }
             }
             "output" => {
-                let Some(labels) = self.labels(block, &["NAME"]) else { return };
+                let Some(labels) = self.labels(block, &["NAME"]) else {
+                    return;
+                };
                 let body = self.body(&block.body);
                 let Some(value) = body.attr("value").map(|a| a.value.clone()) else {
-                    self.diags.push(self.error(span, format!("output `{}` has no `value`", labels[0])));
+                    self.diags
+                        .push(self.error(span, format!("output `{}` has no `value`", labels[0])));
                     return;
                 };
                 self.only(&body, &["value", "description", "sensitive"], &[], "output");
@@ -189,11 +220,20 @@ impl Parser {
                 });
             }
             "check" => {
-                let Some(labels) = self.labels(block, &["NAME"]) else { return };
+                let Some(labels) = self.labels(block, &["NAME"]) else {
+                    return;
+                };
                 let body = self.body(&block.body);
-                self.only(&body, &["url", "expect_status", "contains", "timeout", "retries"], &[], "check");
+                self.only(
+                    &body,
+                    &["url", "expect_status", "contains", "timeout", "retries"],
+                    &[],
+                    "check",
+                );
                 if body.attr("url").is_none() {
-                    self.diags.push(self.error(span.clone(), format!("check `{}` has no `url`", labels[0])));
+                    self.diags.push(
+                        self.error(span.clone(), format!("check `{}` has no `url`", labels[0])),
+                    );
                 }
                 config.checks.push(Check {
                     name: labels[0].clone(),
@@ -217,7 +257,9 @@ impl Parser {
                 );
                 d = match closest(other, TOP_LEVEL.iter().copied()) {
                     Some(best) => d.with_help(format!("did you mean `{best}`?")),
-                    None => d.with_help(format!("valid top-level blocks: {}", TOP_LEVEL.join(", "))),
+                    None => {
+                        d.with_help(format!("valid top-level blocks: {}", TOP_LEVEL.join(", ")))
+                    }
                 };
                 self.diags.push(d);
             }
@@ -226,7 +268,12 @@ impl Parser {
 
     fn variable(&mut self, name: String, span: Range<usize>, body: &structure::Body) -> Variable {
         let body = self.body(body);
-        self.only(&body, &["type", "default", "description", "sensitive", "nullable"], &["validation"], "variable");
+        self.only(
+            &body,
+            &["type", "default", "description", "sensitive", "nullable"],
+            &["validation"],
+            "variable",
+        );
         let type_name = body.attr("type").map(|a| {
             self.source
                 .text
@@ -241,7 +288,9 @@ impl Parser {
         {
             self.diags.push(
                 self.error(a.value.span.clone(), format!("unknown type `{t}`"))
-                    .with_help("use string, number, bool, list(...), map(...), object({...}) or any"),
+                    .with_help(
+                        "use string, number, bool, list(...), map(...), object({...}) or any",
+                    ),
             );
         }
         let mut validations = Vec::new();
@@ -254,9 +303,10 @@ impl Parser {
                     condition: c.value.clone(),
                     error_message: m.value.clone(),
                 }),
-                _ => self.diags.push(
-                    self.error(b.span.clone(), "a `validation` block needs `condition` and `error_message`"),
-                ),
+                _ => self.diags.push(self.error(
+                    b.span.clone(),
+                    "a `validation` block needs `condition` and `error_message`",
+                )),
             }
         }
         Variable {
@@ -270,7 +320,12 @@ impl Parser {
         }
     }
 
-    fn resource(&mut self, labels: Vec<String>, span: Range<usize>, raw: &structure::Body) -> Option<Resource> {
+    fn resource(
+        &mut self,
+        labels: Vec<String>,
+        span: Range<usize>,
+        raw: &structure::Body,
+    ) -> Option<Resource> {
         let mut body = self.body(raw);
         let mut depends_on = Vec::new();
         let mut lifecycle = Lifecycle::default();
@@ -320,14 +375,19 @@ impl Parser {
                 "lifecycle",
             );
             lifecycle.prevent_destroy = self.literal_bool(&block.body, "prevent_destroy");
-            lifecycle.create_before_destroy = self.literal_bool(&block.body, "create_before_destroy");
+            lifecycle.create_before_destroy =
+                self.literal_bool(&block.body, "create_before_destroy");
             if let Some(attr) = block.body.attr("ignore_changes") {
                 match &attr.value.expr {
                     hcl::Expression::Array(items) => {
                         for item in items {
                             match item {
-                                hcl::Expression::Variable(v) => lifecycle.ignore_changes.push(v.to_string()),
-                                hcl::Expression::String(s) => lifecycle.ignore_changes.push(s.clone()),
+                                hcl::Expression::Variable(v) => {
+                                    lifecycle.ignore_changes.push(v.to_string())
+                                }
+                                hcl::Expression::String(s) => {
+                                    lifecycle.ignore_changes.push(s.clone())
+                                }
                                 _ => {
                                     self.diags.push(self.error(
                                         attr.value.span.clone(),
@@ -367,7 +427,9 @@ impl Parser {
                     let name = attr.key.as_str().to_owned();
                     let name_span = attr.key.span().unwrap_or(0..0);
                     if !names.insert(name.clone()) {
-                        self.diags.push(self.error(name_span, format!("attribute `{name}` is set twice")));
+                        self.diags.push(
+                            self.error(name_span, format!("attribute `{name}` is set twice")),
+                        );
                         continue;
                     }
                     let value = self.expr(&attr.value);
@@ -438,18 +500,26 @@ impl Parser {
         match &attr.value.expr {
             hcl::Expression::String(s) => Some(s.clone()),
             _ => {
-                self.diags.push(self.error(attr.value.span.clone(), format!("`{name}` must be a literal string")));
+                self.diags.push(self.error(
+                    attr.value.span.clone(),
+                    format!("`{name}` must be a literal string"),
+                ));
                 None
             }
         }
     }
 
     fn literal_bool(&mut self, body: &Body, name: &str) -> bool {
-        let Some(attr) = body.attr(name) else { return false };
+        let Some(attr) = body.attr(name) else {
+            return false;
+        };
         match &attr.value.expr {
             hcl::Expression::Bool(b) => *b,
             _ => {
-                self.diags.push(self.error(attr.value.span.clone(), format!("`{name}` must be `true` or `false`")));
+                self.diags.push(self.error(
+                    attr.value.span.clone(),
+                    format!("`{name}` must be `true` or `false`"),
+                ));
                 false
             }
         }

@@ -168,7 +168,11 @@ mod tests {
     fn refs_of(src: &str) -> Vec<RefTarget> {
         let body = hcl_edit::parser::parse_body(&format!("x = {src}\n")).expect("parses");
         let attr = body.get_attribute("x").expect("attr");
-        collect(&attr.value).0.into_iter().map(|r| r.target).collect()
+        collect(&attr.value)
+            .0
+            .into_iter()
+            .map(|r| r.target)
+            .collect()
     }
 
     #[test]
@@ -193,7 +197,10 @@ mod tests {
         let refs = refs_of("[for p in var.ports : p.x if p.y > local.min]");
         assert_eq!(
             refs,
-            vec![RefTarget::Var("ports".into()), RefTarget::Local("min".into())]
+            vec![
+                RefTarget::Var("ports".into()),
+                RefTarget::Local("min".into())
+            ]
         );
     }
 

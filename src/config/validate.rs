@@ -52,7 +52,10 @@ pub fn validate(config: &Config, schemas: &dyn SchemaLookup) -> Diagnostics {
         }
         for (dep, span) in &resource.depends_on {
             if !resources.contains(dep) {
-                diags.push(config.error(span.clone(), format!("`depends_on` names undeclared resource `{dep}`")));
+                diags.push(config.error(
+                    span.clone(),
+                    format!("`depends_on` names undeclared resource `{dep}`"),
+                ));
             }
         }
     }
@@ -86,9 +89,10 @@ pub fn validate(config: &Config, schemas: &dyn SchemaLookup) -> Diagnostics {
                     format!("reference to undeclared local value `local.{name}`"),
                     closest(name, locals.iter().copied()).map(|b| format!("local.{b}")),
                 )),
-                RefTarget::Berth(attr) if attr != "env" => {
-                    Some((format!("`berth.{attr}` does not exist"), Some("berth.env".to_owned())))
-                }
+                RefTarget::Berth(attr) if attr != "env" => Some((
+                    format!("`berth.{attr}` does not exist"),
+                    Some("berth.env".to_owned()),
+                )),
                 RefTarget::Resource {
                     type_name, name, ..
                 } => {
@@ -146,13 +150,22 @@ fn check_body(
             continue;
         }
         let d = if attrs.iter().any(|a| a.name == name) {
-            config.error(attr.name_span.clone(), format!("`{name}` is computed by the provider and cannot be set in {what}"))
+            config.error(
+                attr.name_span.clone(),
+                format!("`{name}` is computed by the provider and cannot be set in {what}"),
+            )
         } else if block_names.contains(&name) {
             config
-                .error(attr.name_span.clone(), format!("`{name}` is a block in {what}, not an attribute"))
+                .error(
+                    attr.name_span.clone(),
+                    format!("`{name}` is a block in {what}, not an attribute"),
+                )
                 .with_help(format!("write it as `{name} {{ ... }}`"))
         } else {
-            let d = config.error(attr.name_span.clone(), format!("unknown attribute `{name}` in {what}"));
+            let d = config.error(
+                attr.name_span.clone(),
+                format!("unknown attribute `{name}` in {what}"),
+            );
             hint(d, name, settable.iter().chain(block_names.iter()).copied())
         };
         diags.push(d);
@@ -172,30 +185,51 @@ fn check_body(
                 );
                 if schema.nesting == Nesting::Single
                     && body.blocks.iter().filter(|b| b.name == name).count() > 1
-                    && body.blocks.iter().find(|b| b.name == name).map(|b| &b.span) == Some(&block.span)
+                    && body.blocks.iter().find(|b| b.name == name).map(|b| &b.span)
+                        == Some(&block.span)
                 {
-                    diags.push(config.error(block.span.clone(), format!("block `{name}` may appear only once in {what}")));
+                    diags.push(config.error(
+                        block.span.clone(),
+                        format!("block `{name}` may appear only once in {what}"),
+                    ));
                 }
             }
             None if settable.contains(&name) => diags.push(
                 config
-                    .error(block.span.clone(), format!("`{name}` is an attribute in {what}, not a block"))
+                    .error(
+                        block.span.clone(),
+                        format!("`{name}` is an attribute in {what}, not a block"),
+                    )
                     .with_help(format!("write it as `{name} = ...`")),
             ),
             None => {
-                let d = config.error(block.span.clone(), format!("unknown block `{name}` in {what}"));
-                diags.push(hint(d, name, block_names.iter().chain(settable.iter()).copied()));
+                let d = config.error(
+                    block.span.clone(),
+                    format!("unknown block `{name}` in {what}"),
+                );
+                diags.push(hint(
+                    d,
+                    name,
+                    block_names.iter().chain(settable.iter()).copied(),
+                ));
             }
         }
     }
     for attr in attrs.iter().filter(|a| a.required) {
         if body.attr(attr.name).is_none() {
-            diags.push(config.error(span.clone(), format!("{what} is missing the required attribute `{}`", attr.name)));
+            diags.push(config.error(
+                span.clone(),
+                format!("{what} is missing the required attribute `{}`", attr.name),
+            ));
         }
     }
 }
 
-fn hint<'a>(d: Diagnostic, given: &str, candidates: impl Iterator<Item = &'a str> + Clone) -> Diagnostic {
+fn hint<'a>(
+    d: Diagnostic,
+    given: &str,
+    candidates: impl Iterator<Item = &'a str> + Clone,
+) -> Diagnostic {
     match closest(given, candidates.clone()) {
         Some(best) => d.with_help(format!("did you mean `{best}`?")),
         None => {

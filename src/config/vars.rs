@@ -54,10 +54,15 @@ pub fn resolve(config: &Config, inputs: &VarInputs, scope: &mut Scope) -> Result
             continue;
         };
         if config.variable(name).is_none() {
-            diags.push(Diagnostic::bare(format!("`-var` sets undeclared variable `{name}`")));
+            diags.push(Diagnostic::bare(format!(
+                "`-var` sets undeclared variable `{name}`"
+            )));
             continue;
         }
-        given.insert(name.to_owned(), (Value::String(value.to_owned()), "command line"));
+        given.insert(
+            name.to_owned(),
+            (Value::String(value.to_owned()), "command line"),
+        );
     }
 
     let defaults_scope = Scope::new("");
@@ -68,8 +73,14 @@ pub fn resolve(config: &Config, inputs: &VarInputs, scope: &mut Scope) -> Result
                 Err(expected) => {
                     diags.push(
                         config
-                            .error(v.span.clone(), format!("wrong type for variable `{}`", v.name))
-                            .with_label(format!("expected {expected}, found {}", describe_kind(&value))),
+                            .error(
+                                v.span.clone(),
+                                format!("wrong type for variable `{}`", v.name),
+                            )
+                            .with_label(format!(
+                                "expected {expected}, found {}",
+                                describe_kind(&value)
+                            )),
                     );
                     continue;
                 }
@@ -100,15 +111,31 @@ pub fn resolve(config: &Config, inputs: &VarInputs, scope: &mut Scope) -> Result
     }
     for v in &config.variables {
         for validation in &v.validations {
-            if let Err(d) = check_validation(config, scope, v, &validation.condition, &validation.error_message) {
+            if let Err(d) = check_validation(
+                config,
+                scope,
+                v,
+                &validation.condition,
+                &validation.error_message,
+            ) {
                 diags.push(d);
             }
         }
     }
-    if diags.has_errors() { Err(diags) } else { Ok(()) }
+    if diags.has_errors() {
+        Err(diags)
+    } else {
+        Ok(())
+    }
 }
 
-fn check_validation(config: &Config, scope: &Scope, v: &Variable, condition: &Expr, message: &Expr) -> Result<(), Diagnostic> {
+fn check_validation(
+    config: &Config,
+    scope: &Scope,
+    v: &Variable,
+    condition: &Expr,
+    message: &Expr,
+) -> Result<(), Diagnostic> {
     match scope.eval(config, condition)? {
         PValue::Known(Value::Bool(true)) | PValue::Unknown => Ok(()),
         PValue::Known(Value::Bool(false)) => {
@@ -117,18 +144,28 @@ fn check_validation(config: &Config, scope: &Scope, v: &Variable, condition: &Ex
                 _ => "validation failed".to_owned(),
             };
             Err(config
-                .error(condition.span.clone(), format!("invalid value for variable `{}`", v.name))
+                .error(
+                    condition.span.clone(),
+                    format!("invalid value for variable `{}`", v.name),
+                )
                 .with_label(text))
         }
         PValue::Known(other) => Err(config
-            .error(condition.span.clone(), "a validation condition must be true or false")
+            .error(
+                condition.span.clone(),
+                "a validation condition must be true or false",
+            )
             .with_label(format!("found {}", describe_kind(&other)))),
     }
 }
 
 fn coerce(value: &Value, v: &Variable) -> Result<Value, String> {
     use berth_provider::AttrType;
-    let ty = v.type_name.as_deref().unwrap_or("any").replace(char::is_whitespace, "");
+    let ty = v
+        .type_name
+        .as_deref()
+        .unwrap_or("any")
+        .replace(char::is_whitespace, "");
     let simple = match ty.as_str() {
         "string" => Some(AttrType::String),
         "number" => Some(AttrType::Number),
@@ -157,7 +194,9 @@ fn coerce(value: &Value, v: &Variable) -> Result<Value, String> {
 
 fn check_shape(value: Value, ty: &str) -> Result<Value, String> {
     let ok = match &value {
-        Value::Array(_) => ty.starts_with("list") || ty.starts_with("set") || ty.starts_with("tuple"),
+        Value::Array(_) => {
+            ty.starts_with("list") || ty.starts_with("set") || ty.starts_with("tuple")
+        }
         Value::Object(_) => ty.starts_with("map") || ty.starts_with("object"),
         _ => false,
     };
@@ -167,13 +206,17 @@ fn check_shape(value: Value, ty: &str) -> Result<Value, String> {
 fn read_var_file(path: &PathBuf) -> Result<BTreeMap<String, Value>, Diagnostic> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Diagnostic::bare(format!("cannot read var file `{}`: {e}", path.display())))?;
-    let body: hcl::Body = hcl::from_str(&text)
-        .map_err(|e| Diagnostic::bare(format!("`{}`: {e}", path.display())))?;
+    let body: hcl::Body =
+        hcl::from_str(&text).map_err(|e| Diagnostic::bare(format!("`{}`: {e}", path.display())))?;
     let ctx = hcl::eval::Context::new();
     let mut out = BTreeMap::new();
     for attr in body.into_attributes() {
         let value = hcl::eval::Evaluate::evaluate(&attr.expr, &ctx).map_err(|e| {
-            Diagnostic::bare(format!("`{}`: value of `{}`: {e}", path.display(), attr.key))
+            Diagnostic::bare(format!(
+                "`{}`: value of `{}`: {e}",
+                path.display(),
+                attr.key
+            ))
         })?;
         out.insert(attr.key.to_string(), super::eval::from_hcl(&value));
     }

@@ -139,11 +139,24 @@ pub async fn refresh(session: &Session) -> Result<Refreshed, Error> {
         .resources
         .iter()
         .map(|r| r.type_name.as_str())
-        .chain(session.snapshot.resources.values().map(|r| r.type_name.as_str()))
+        .chain(
+            session
+                .snapshot
+                .resources
+                .values()
+                .map(|r| r.type_name.as_str()),
+        )
         .collect();
     let calls = types.into_iter().filter_map(|t| {
         let provider = registry.provider_for(t)?;
-        Some(async move { (t, provider.refresh(t, &session.owner).await) })
+        let recorded: Vec<(String, String)> = session
+            .snapshot
+            .resources
+            .iter()
+            .filter(|(_, r)| r.type_name == t)
+            .map(|(a, r)| (a.clone(), r.id.clone()))
+            .collect();
+        Some(async move { (t, provider.refresh(t, &session.owner, &recorded).await) })
     });
     let mut out = Refreshed::new();
     for (type_name, result) in join_all(calls).await {
@@ -170,7 +183,9 @@ pub async fn plan(session: &Session, scope: &mut Scope, destroy: bool) -> Result
     if !destroy {
         for node in &loaded.graph.order {
             if let Some(name) = node.strip_prefix("local.") {
-                let Some(local) = config.locals.iter().find(|l| l.name == name) else { continue };
+                let Some(local) = config.locals.iter().find(|l| l.name == name) else {
+                    continue;
+                };
                 match scope.eval(config, &local.value) {
                     Ok(v) => {
                         let sensitive = scope.is_sensitive(&local.value);
@@ -180,8 +195,12 @@ pub async fn plan(session: &Session, scope: &mut Scope, destroy: bool) -> Result
                 }
                 continue;
             }
-            let Some(resource) = config.resource(node) else { continue };
-            let Some(schema) = loaded.registry.schema(&resource.type_name) else { continue };
+            let Some(resource) = config.resource(node) else {
+                continue;
+            };
+            let Some(schema) = loaded.registry.schema(&resource.type_name) else {
+                continue;
+            };
             let mut desired = match scope.eval_body(config, &resource.body, schema) {
                 Ok(e) => e,
                 Err(d) => {
@@ -191,9 +210,10 @@ pub async fn plan(session: &Session, scope: &mut Scope, destroy: bool) -> Result
                     continue;
                 }
             };
-            if let (Some(mut known), Some(provider)) =
-                (desired.all_known(), loaded.registry.provider_for(&resource.type_name))
-            {
+            if let (Some(mut known), Some(provider)) = (
+                desired.all_known(),
+                loaded.registry.provider_for(&resource.type_name),
+            ) {
                 provider
                     .prepare(&resource.type_name, &mut known)
                     .await
@@ -207,10 +227,27 @@ pub async fn plan(session: &Session, scope: &mut Scope, destroy: bool) -> Result
             }
             let record = session.snapshot.resources.get(node);
             let seen = observed.get(node);
-            let mut change = diff(node, &resource.type_name, schema, &desired, record, seen, key, &resource.lifecycle);
-            change.depends_on = loaded.graph.deps.get(node).map(|d| {
-                d.iter().filter(|n| !n.starts_with("local.")).cloned().collect()
-            }).unwrap_or_default();
+            let mut change = diff(
+                node,
+                &resource.type_name,
+                schema,
+                &desired,
+                record,
+                seen,
+                key,
+                &resource.lifecycle,
+            );
+            change.depends_on = loaded
+                .graph
+                .deps
+                .get(node)
+                .map(|d| {
+                    d.iter()
+                        .filter(|n| !n.starts_with("local."))
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
             if resource.lifecycle.prevent_destroy && matches!(change.action, Action::Replace) {
                 diags.push(config.error(
                     resource.span.clone(),
@@ -221,15 +258,30 @@ pub async fn plan(session: &Session, scope: &mut Scope, destroy: bool) -> Result
             match change.action {
                 Action::Create | Action::Replace => {
                     let known: BTreeMap<String, Value> = if change.action == Action::Create {
-                        desired.attrs.iter().filter_map(|(k, v)| v.known().map(|v| (k.clone(), v.clone()))).collect()
+                        desired
+                            .attrs
+                            .iter()
+                            .filter_map(|(k, v)| v.known().map(|v| (k.clone(), v.clone())))
+                            .collect()
                     } else {
                         BTreeMap::new()
                     };
                     if change.action == Action::Replace {
                         scope.set_resource(node, None, &[], &desired.sensitive);
                     } else {
-                        let mut unknown: Vec<String> = schema.attributes.iter().filter(|a| a.computed).map(|a| a.name.to_owned()).collect();
-                        unknown.extend(desired.attrs.iter().filter(|(_, v)| **v == PValue::Unknown).map(|(k, _)| k.clone()));
+                        let mut unknown: Vec<String> = schema
+                            .attributes
+                            .iter()
+                            .filter(|a| a.computed)
+                            .map(|a| a.name.to_owned())
+                            .collect();
+                        unknown.extend(
+                            desired
+                                .attrs
+                                .iter()
+                                .filter(|(_, v)| **v == PValue::Unknown)
+                                .map(|(k, _)| k.clone()),
+                        );
                         scope.set_resource(node, Some(&known), &unknown, &desired.sensitive);
                     }
                 }
@@ -243,7 +295,12 @@ pub async fn plan(session: &Session, scope: &mut Scope, destroy: bool) -> Result
                             attrs.insert(k.clone(), v.clone());
                         }
                     }
-                    let unknown: Vec<String> = desired.attrs.iter().filter(|(_, v)| **v == PValue::Unknown).map(|(k, _)| k.clone()).collect();
+                    let unknown: Vec<String> = desired
+                        .attrs
+                        .iter()
+                        .filter(|(_, v)| **v == PValue::Unknown)
+                        .map(|(k, _)| k.clone())
+                        .collect();
                     scope.set_resource(node, Some(&attrs), &unknown, &desired.sensitive);
                 }
             }
@@ -266,7 +323,10 @@ pub async fn plan(session: &Session, scope: &mut Scope, destroy: bool) -> Result
             continue;
         }
         let seen = observed.get(address);
-        orphans.insert(address.clone(), delete_change(address, &record.type_name, Some(record), seen));
+        orphans.insert(
+            address.clone(),
+            delete_change(address, &record.type_name, Some(record), seen),
+        );
     }
     for (address, seen) in &observed {
         if in_config.contains(address) || orphans.contains_key(address) {
@@ -274,7 +334,9 @@ pub async fn plan(session: &Session, scope: &mut Scope, destroy: bool) -> Result
         }
         let type_name = address.split('.').next().unwrap_or_default().to_owned();
         let mut change = delete_change(address, &type_name, None, Some(seen));
-        change.reason = Some("found with berth's labels but neither in the configuration nor in state".to_owned());
+        change.reason = Some(
+            "found with berth's labels but neither in the configuration nor in state".to_owned(),
+        );
         orphans.insert(address.clone(), change);
     }
     if destroy {
@@ -284,7 +346,10 @@ pub async fn plan(session: &Session, scope: &mut Scope, destroy: bool) -> Result
             {
                 diags.push(config.error(
                     r.span.clone(),
-                    format!("`{}` has `lifecycle {{ prevent_destroy = true }}` and cannot be destroyed", change.address),
+                    format!(
+                        "`{}` has `lifecycle {{ prevent_destroy = true }}` and cannot be destroyed",
+                        change.address
+                    ),
                 ));
             }
         }
@@ -315,17 +380,32 @@ fn depth(address: &str, session: &Session) -> usize {
             .snapshot
             .resources
             .get(a)
-            .map(|r| r.depends_on.iter().map(|d| 1 + go(d, session, seen)).max().unwrap_or(0))
+            .map(|r| {
+                r.depends_on
+                    .iter()
+                    .map(|d| 1 + go(d, session, seen))
+                    .max()
+                    .unwrap_or(0)
+            })
             .unwrap_or(0)
     }
     go(address, session, &mut BTreeSet::new())
 }
 
 fn list(names: &BTreeSet<String>) -> String {
-    names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+    names
+        .iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
-fn delete_change(address: &str, type_name: &str, record: Option<&ResourceRecord>, seen: Option<&Observed>) -> ResourceChange {
+fn delete_change(
+    address: &str,
+    type_name: &str,
+    record: Option<&ResourceRecord>,
+    seen: Option<&Observed>,
+) -> ResourceChange {
     let mut before = record.map(|r| r.attrs.clone()).unwrap_or_default();
     if let Some(seen) = seen {
         for (k, v) in &seen.attrs {
@@ -340,7 +420,9 @@ fn delete_change(address: &str, type_name: &str, record: Option<&ResourceRecord>
         action: Action::Delete,
         before: Some(before),
         after: None,
-        sensitive: record.map(|r| r.sensitive.iter().cloned().collect()).unwrap_or_default(),
+        sensitive: record
+            .map(|r| r.sensitive.iter().cloned().collect())
+            .unwrap_or_default(),
         changed: BTreeSet::new(),
         forces_replacement: BTreeSet::new(),
         reason: if record.is_some() && seen.is_none() {
@@ -348,7 +430,9 @@ fn delete_change(address: &str, type_name: &str, record: Option<&ResourceRecord>
         } else {
             None
         },
-        prior_id: seen.map(|o| o.id.clone()).or_else(|| record.map(|r| r.id.clone())),
+        prior_id: seen
+            .map(|o| o.id.clone())
+            .or_else(|| record.map(|r| r.id.clone())),
         create_before_destroy: false,
         depends_on: record.map(|r| r.depends_on.clone()).unwrap_or_default(),
         config_hash: None,
@@ -431,8 +515,16 @@ fn diff(
         }
     };
 
+    // What the configuration sets, plus computed attributes the provider's
+    // `prepare` derived from it (a build context's hash, the id a tag
+    // points at now): a change in those is a change of the configuration.
     let settable = |name: &str| {
-        schema.attribute(name).map(|a| a.optional || a.required).unwrap_or(false) || schema.block(name).is_some()
+        schema
+            .attribute(name)
+            .map(|a| a.optional || a.required)
+            .unwrap_or(false)
+            || schema.block(name).is_some()
+            || (schema.attribute(name).is_some() && desired.attrs.contains_key(name))
     };
     let names: BTreeSet<&String> = desired.attrs.keys().chain(before.keys()).collect();
     for name in names {
@@ -445,7 +537,9 @@ fn diff(
             None if computed => false,
             None => !old.is_null(),
             Some(PValue::Unknown) => true,
-            Some(PValue::Known(new)) if change.sensitive.contains(name.as_str()) => !key.matches(new, old),
+            Some(PValue::Known(new)) if change.sensitive.contains(name.as_str()) => {
+                !key.matches(new, old)
+            }
             Some(PValue::Known(new)) => !values_equal(new, old),
         };
         if differs {
@@ -470,11 +564,16 @@ fn diff(
 fn values_equal(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
-        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(a, b)| values_equal(a, b)),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| values_equal(a, b))
+        }
         (Value::Object(x), Value::Object(y)) => {
             let keys: BTreeSet<&String> = x.keys().chain(y.keys()).collect();
             keys.into_iter().all(|k| {
-                values_equal(x.get(k).unwrap_or(&Value::Null), y.get(k).unwrap_or(&Value::Null))
+                values_equal(
+                    x.get(k).unwrap_or(&Value::Null),
+                    y.get(k).unwrap_or(&Value::Null),
+                )
             })
         }
         _ => a == b,

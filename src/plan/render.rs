@@ -19,7 +19,11 @@ const SENSITIVE: &str = "(sensitive value)";
 /// Renders the whole plan.
 pub fn render(plan: &Plan, schemas: &dyn SchemaLookup) -> String {
     let mut out = String::new();
-    let mut shown: Vec<&ResourceChange> = plan.changes.iter().filter(|c| c.action != Action::NoOp).collect();
+    let mut shown: Vec<&ResourceChange> = plan
+        .changes
+        .iter()
+        .filter(|c| c.action != Action::NoOp)
+        .collect();
     shown.sort_by(|a, b| a.address.cmp(&b.address));
     if shown.is_empty() {
         let _ = writeln!(
@@ -30,7 +34,10 @@ pub fn render(plan: &Plan, schemas: &dyn SchemaLookup) -> String {
         return out;
     }
     let used: BTreeSet<Action> = shown.iter().map(|c| c.action).collect();
-    let _ = writeln!(out, "Resource actions are indicated with the following symbols:");
+    let _ = writeln!(
+        out,
+        "Resource actions are indicated with the following symbols:"
+    );
     for action in &used {
         let text = match action {
             Action::Create => "create",
@@ -48,8 +55,15 @@ pub fn render(plan: &Plan, schemas: &dyn SchemaLookup) -> String {
         out.push('\n');
     }
     let (add, change, destroy) = plan.counts();
-    let adopt = plan.changes.iter().filter(|c| c.action == Action::Adopt).count();
-    let _ = write!(out, "Plan: {add} to add, {change} to change, {destroy} to destroy");
+    let adopt = plan
+        .changes
+        .iter()
+        .filter(|c| c.action == Action::Adopt)
+        .count();
+    let _ = write!(
+        out,
+        "Plan: {add} to add, {change} to change, {destroy} to destroy"
+    );
     if adopt > 0 {
         let _ = write!(out, ", {adopt} to adopt");
     }
@@ -77,8 +91,15 @@ fn headline(change: &ResourceChange) -> String {
 
 fn render_change(out: &mut String, change: &ResourceChange, schema: Option<&ResourceSchema>) {
     out.push_str(&headline(change));
-    let (type_name, name) = change.address.split_once('.').unwrap_or((&change.address, ""));
-    let _ = writeln!(out, "{:>3} resource \"{type_name}\" \"{name}\" {{", change.action.symbol());
+    let (type_name, name) = change
+        .address
+        .split_once('.')
+        .unwrap_or((&change.address, ""));
+    let _ = writeln!(
+        out,
+        "{:>3} resource \"{type_name}\" \"{name}\" {{",
+        change.action.symbol()
+    );
     let before = change.before.clone().unwrap_or_default();
     let after = change.after.clone().unwrap_or_default();
     let mut names: BTreeSet<String> = BTreeSet::new();
@@ -98,7 +119,11 @@ fn render_change(out: &mut String, change: &ResourceChange, schema: Option<&Reso
     if matches!(change.action, Action::Create | Action::Replace)
         && let Some(schema) = schema
     {
-        for a in schema.attributes.iter().filter(|a| a.computed && !a.optional) {
+        for a in schema
+            .attributes
+            .iter()
+            .filter(|a| a.computed && !a.optional)
+        {
             names.insert(a.name.to_owned());
         }
     }
@@ -125,10 +150,22 @@ fn render_change(out: &mut String, change: &ResourceChange, schema: Option<&Reso
         let sensitive = change.sensitive.contains(attr);
         let old = before.get(attr);
         let new = after.get(attr);
-        let computed = schema.and_then(|s| s.attribute(attr)).is_some_and(|a| a.computed && !a.optional);
-        let force = if change.forces_replacement.contains(attr) { " # forces replacement" } else { "" };
+        let computed = schema
+            .and_then(|s| s.attribute(attr))
+            .is_some_and(|a| a.computed && !a.optional);
+        let force = if change.forces_replacement.contains(attr) {
+            " # forces replacement"
+        } else {
+            ""
+        };
         let pad = width.saturating_sub(attr.chars().count());
-        let show = |v: &Value| if sensitive { SENSITIVE.to_owned() } else { value(v, 6) };
+        let show = |v: &Value| {
+            if sensitive {
+                SENSITIVE.to_owned()
+            } else {
+                value(v, 6)
+            }
+        };
         let is_block = schema.is_some_and(|s| s.block(attr).is_some());
         if is_block && !sensitive {
             let old_v = old.filter(|v| !v.is_null());
@@ -179,8 +216,16 @@ fn render_change(out: &mut String, change: &ResourceChange, schema: Option<&Reso
             Action::Delete | Action::Adopt => match old {
                 Some(v) if v.is_null() => continue,
                 Some(v) => {
-                    let marker = if change.action == Action::Delete { "-" } else { " " };
-                    let arrow = if change.action == Action::Delete { " -> null" } else { "" };
+                    let marker = if change.action == Action::Delete {
+                        "-"
+                    } else {
+                        " "
+                    };
+                    let arrow = if change.action == Action::Delete {
+                        " -> null"
+                    } else {
+                        ""
+                    };
                     format!("      {marker} {attr}{:pad$} = {}{arrow}", "", show(v))
                 }
                 None => continue,
@@ -188,12 +233,14 @@ fn render_change(out: &mut String, change: &ResourceChange, schema: Option<&Reso
             _ => {
                 let changed = change.changed.contains(attr);
                 match (old, new) {
-                    _ if computed && change.action == Action::Replace => {
-                        match old {
-                            Some(o) => format!("      ~ {attr}{:pad$} = {} -> {KNOWN_AFTER_APPLY}", "", show(o)),
-                            None => format!("      + {attr}{:pad$} = {KNOWN_AFTER_APPLY}", ""),
-                        }
-                    }
+                    _ if computed && change.action == Action::Replace => match old {
+                        Some(o) => format!(
+                            "      ~ {attr}{:pad$} = {} -> {KNOWN_AFTER_APPLY}",
+                            "",
+                            show(o)
+                        ),
+                        None => format!("      + {attr}{:pad$} = {KNOWN_AFTER_APPLY}", ""),
+                    },
                     (Some(o), Some(PValue::Known(n))) if changed => {
                         if !sensitive
                             && let (Value::String(a), Value::String(b)) = (o, n)
@@ -201,19 +248,34 @@ fn render_change(out: &mut String, change: &ResourceChange, schema: Option<&Reso
                         {
                             format!("      ~ {attr}{:pad$} = {}{force}", "", text_diff(a, b))
                         } else {
-                            format!("      ~ {attr}{:pad$} = {} -> {}{force}", "", show(o), show(n))
+                            format!(
+                                "      ~ {attr}{:pad$} = {} -> {}{force}",
+                                "",
+                                show(o),
+                                show(n)
+                            )
                         }
                     }
                     (Some(o), Some(PValue::Unknown)) => {
-                        format!("      ~ {attr}{:pad$} = {} -> {KNOWN_AFTER_APPLY}{force}", "", show(o))
+                        format!(
+                            "      ~ {attr}{:pad$} = {} -> {KNOWN_AFTER_APPLY}{force}",
+                            "",
+                            show(o)
+                        )
                     }
                     (None, Some(PValue::Known(n))) if changed => {
                         format!("      + {attr}{:pad$} = {}{force}", "", show(n))
                     }
-                    (None, Some(PValue::Unknown)) => format!("      + {attr}{:pad$} = {KNOWN_AFTER_APPLY}{force}", ""),
-                    (Some(o), None) if changed => format!("      - {attr}{:pad$} = {} -> null{force}", "", show(o)),
+                    (None, Some(PValue::Unknown)) => {
+                        format!("      + {attr}{:pad$} = {KNOWN_AFTER_APPLY}{force}", "")
+                    }
+                    (Some(o), None) if changed => {
+                        format!("      - {attr}{:pad$} = {} -> null{force}", "", show(o))
+                    }
                     (Some(o), _) => format!("        {attr}{:pad$} = {}", "", show(o)),
-                    (None, Some(PValue::Known(n))) => format!("        {attr}{:pad$} = {}", "", show(n)),
+                    (None, Some(PValue::Known(n))) => {
+                        format!("        {attr}{:pad$} = {}", "", show(n))
+                    }
                     (None, None) => continue,
                 }
             }
@@ -312,7 +374,11 @@ fn text_diff(old: &str, new: &str) -> String {
             similar::ChangeTag::Insert => "+ ",
             similar::ChangeTag::Equal => "  ",
         };
-        let _ = writeln!(out, "          {sign}{}", change.value().trim_end_matches('\n'));
+        let _ = writeln!(
+            out,
+            "          {sign}{}",
+            change.value().trim_end_matches('\n')
+        );
     }
     out.push_str("        EOT");
     out

@@ -21,8 +21,14 @@ fn terraform_style_single_dash_flags_are_accepted() {
     t.write_config(
         "variable \"name\" {\n  type = string\n}\noutput \"greeting\" {\n  value = \"hello ${var.name}\"\n}\n",
     );
-    let run = t.run(&["apply", "-auto-approve", "-var", "name=world"]).ok();
-    assert!(run.stdout.contains("greeting = \"hello world\""), "{}", run.stdout);
+    let run = t
+        .run(&["apply", "-auto-approve", "-var", "name=world"])
+        .ok();
+    assert!(
+        run.stdout.contains("greeting = \"hello world\""),
+        "{}",
+        run.stdout
+    );
     let out = t.run(&["output", "-raw", "greeting"]).ok();
     assert_eq!(out.stdout.trim(), "hello world");
 }
@@ -48,8 +54,21 @@ output "all" {
     );
     t.write("vals.hcl", "a = \"file\"\nb = \"file\"\nc = 1\n");
     t.set_env("BERTH_VAR_b", "environment");
-    let run = t.run(&["apply", "--auto-approve", "--var-file", "vals.hcl", "--var", "a=flag"]).ok();
-    assert!(run.stdout.contains("all = \"flag/file/2\""), "{}", run.stdout);
+    let run = t
+        .run(&[
+            "apply",
+            "--auto-approve",
+            "--var-file",
+            "vals.hcl",
+            "--var",
+            "a=flag",
+        ])
+        .ok();
+    assert!(
+        run.stdout.contains("all = \"flag/file/2\""),
+        "{}",
+        run.stdout
+    );
 }
 
 #[test]
@@ -87,12 +106,21 @@ resource "docker_container" "web" {
     );
     let run = t.run(&["graph"]).ok();
     assert!(run.stdout.starts_with("digraph"), "{}", run.stdout);
-    assert!(run.stdout.contains("\"docker_container.web\" -> \"docker_network.app\""), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("\"docker_container.web\" -> \"docker_network.app\""),
+        "{}",
+        run.stdout
+    );
 }
 
 #[test]
 fn a_missing_file_is_a_clear_error() {
     let t = TestEnv::new("nofile");
     let run = t.run(&["plan"]).failed();
-    assert!(run.stderr.contains("cannot read `berth.hcl`"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("cannot read `berth.hcl`"),
+        "{}",
+        run.stderr
+    );
 }

@@ -33,30 +33,48 @@ impl Run {
     /// Panics with both streams unless the run exited 0.
     #[track_caller]
     pub fn ok(self) -> Self {
-        assert_eq!(self.status, 0, "berth failed\n--- stdout ---\n{}\n--- stderr ---\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.status, 0,
+            "berth failed\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.stdout, self.stderr
+        );
         self
     }
 
     /// Panics unless the run failed.
     #[track_caller]
     pub fn failed(self) -> Self {
-        assert_ne!(self.status, 0, "berth unexpectedly succeeded\n--- stdout ---\n{}\n--- stderr ---\n{}", self.stdout, self.stderr);
+        assert_ne!(
+            self.status, 0,
+            "berth unexpectedly succeeded\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.stdout, self.stderr
+        );
         self
     }
 }
 
 fn random_suffix() -> String {
     use std::time::{SystemTime, UNIX_EPOCH};
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
     format!("{:x}{:x}", std::process::id(), nanos)
 }
 
 impl TestEnv {
     /// A new temporary project for the test called `name`.
     pub fn new(name: &str) -> Self {
-        let dir = tempfile::Builder::new().prefix("berth-it-").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("berth-it-")
+            .tempdir()
+            .expect("tempdir");
         let env = format!("t-{}-{}", name.replace('_', "-"), random_suffix());
-        Self { dir, env, extra_env: Vec::new() }
+        Self {
+            dir,
+            env,
+            extra_env: Vec::new(),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -116,7 +134,9 @@ impl TestEnv {
 }
 
 fn collect_bytes(dir: &Path, out: &mut Vec<u8>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         let path = entry.path();
         if path.is_dir() {
@@ -164,10 +184,17 @@ pub fn docker(args: &[&str]) -> String {
 
 /// Names of containers carrying `label`.
 pub fn containers_with(label: &str) -> Vec<String> {
-    let mut names: Vec<String> = docker(&["ps", "-a", "--filter", &format!("label={label}"), "--format", "{{.Names}}"])
-        .lines()
-        .map(str::to_owned)
-        .collect();
+    let mut names: Vec<String> = docker(&[
+        "ps",
+        "-a",
+        "--filter",
+        &format!("label={label}"),
+        "--format",
+        "{{.Names}}",
+    ])
+    .lines()
+    .map(str::to_owned)
+    .collect();
     names.sort();
     names
 }
@@ -208,8 +235,14 @@ pub fn free_port() -> u16 {
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let status = response.split_whitespace().nth(1)?.parse().ok()?;

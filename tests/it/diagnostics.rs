@@ -18,14 +18,26 @@ fn fixtures() -> Vec<std::path::PathBuf> {
 #[test]
 fn every_broken_file_gets_a_located_diagnostic() {
     let files = fixtures();
-    assert!(files.len() >= 15, "the corpus shrank: {} files", files.len());
+    assert!(
+        files.len() >= 15,
+        "the corpus shrank: {} files",
+        files.len()
+    );
     for file in files {
-        let name = file.file_name().and_then(|n| n.to_str()).expect("name").to_owned();
+        let name = file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("name")
+            .to_owned();
         let t = TestEnv::new("diag");
         std::fs::copy(&file, t.path().join(&name)).expect("copy fixture");
         let run = t.run(&["-f", &name, "validate"]);
         assert_eq!(run.status, 1, "{name}: expected exit 1\n{}", run.stderr);
-        assert!(!run.stderr.contains("panicked"), "{name} panicked:\n{}", run.stderr);
+        assert!(
+            !run.stderr.contains("panicked"),
+            "{name} panicked:\n{}",
+            run.stderr
+        );
         assert!(
             run.stderr.contains(&format!("{name}:")),
             "{name}: no file:line:col in\n{}",
@@ -39,13 +51,30 @@ fn every_broken_file_gets_a_located_diagnostic() {
 #[test]
 fn several_errors_are_reported_in_one_run() {
     let t = TestEnv::new("diag-many");
-    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/diagnostics/several_errors.hcl");
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/diagnostics/several_errors.hcl");
     std::fs::copy(file, t.path().join("berth.hcl")).expect("copy");
     let run = t.run(&["validate"]).failed();
-    assert!(run.stderr.contains("unknown attribute `nme`"), "{}", run.stderr);
-    assert!(run.stderr.contains("unknown attribute `colour`"), "{}", run.stderr);
-    assert!(run.stderr.contains("undeclared variable `var.restart`"), "{}", run.stderr);
-    assert!(run.stderr.contains("did you mean `name`?"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("unknown attribute `nme`"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("unknown attribute `colour`"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("undeclared variable `var.restart`"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("did you mean `name`?"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]

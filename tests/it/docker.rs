@@ -64,7 +64,12 @@ fn lifecycle_create_noop_update_replace_delete_destroy() {
     // Apply on an empty engine creates everything.
     t.write_config(&app_config("one", "no", true));
     let run = t.run(&["apply", "--auto-approve"]).ok();
-    assert!(run.stdout.contains("Apply complete! Resources: 4 added, 0 changed, 0 destroyed."), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("Apply complete! Resources: 4 added, 0 changed, 0 destroyed."),
+        "{}",
+        run.stdout
+    );
     let names = containers_with(&label(&t));
     assert_eq!(
         names,
@@ -74,7 +79,12 @@ fn lifecycle_create_noop_update_replace_delete_destroy() {
             format!("berth-it-{}-web-2", t.env),
         ]
     );
-    assert!(run.stdout.contains(&format!("network = \"berth-it-{}\"", t.env)), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains(&format!("network = \"berth-it-{}\"", t.env)),
+        "{}",
+        run.stdout
+    );
     let out = t.run(&["output", "network", "--raw"]).ok();
     assert_eq!(out.stdout.trim(), format!("berth-it-{}", t.env));
 
@@ -84,51 +94,134 @@ fn lifecycle_create_noop_update_replace_delete_destroy() {
     assert!(plan.stdout.contains("No changes."), "{}", plan.stdout);
 
     // Changing `restart` updates in place: same container ids.
-    let ids_before = docker(&["ps", "-aq", "--filter", &format!("label=berth.address=docker_container.web"), "--filter", &format!("label={}", label(&t))]);
+    let ids_before = docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        "label=berth.address=docker_container.web",
+        "--filter",
+        &format!("label={}", label(&t)),
+    ]);
     t.write_config(&app_config("one", "always", true));
     let plan = t.run(&["plan", "--detailed-exitcode"]);
     assert_eq!(plan.status, 2, "{}\n{}", plan.stdout, plan.stderr);
-    assert!(plan.stdout.contains("will be updated in-place"), "{}", plan.stdout);
-    assert!(plan.stdout.contains(r#"~ restart"#) && plan.stdout.contains(r#""no" -> "always""#), "{}", plan.stdout);
-    assert!(plan.stdout.contains("Plan: 0 to add, 1 to change, 0 to destroy."), "{}", plan.stdout);
+    assert!(
+        plan.stdout.contains("will be updated in-place"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout.contains(r#"~ restart"#) && plan.stdout.contains(r#""no" -> "always""#),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout
+            .contains("Plan: 0 to add, 1 to change, 0 to destroy."),
+        "{}",
+        plan.stdout
+    );
     t.run(&["apply", "--auto-approve"]).ok();
-    let ids_after = docker(&["ps", "-aq", "--filter", &format!("label=berth.address=docker_container.web"), "--filter", &format!("label={}", label(&t))]);
+    let ids_after = docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        "label=berth.address=docker_container.web",
+        "--filter",
+        &format!("label={}", label(&t)),
+    ]);
     assert_eq!(ids_before.lines().count(), 2);
     let mut a: Vec<_> = ids_before.lines().collect();
     let mut b: Vec<_> = ids_after.lines().collect();
     a.sort();
     b.sort();
     assert_eq!(a, b, "restart must not recreate the containers");
-    let policy = docker(&["inspect", "-f", "{{.HostConfig.RestartPolicy.Name}}", &format!("berth-it-{}-web-1", t.env)]);
+    let policy = docker(&[
+        "inspect",
+        "-f",
+        "{{.HostConfig.RestartPolicy.Name}}",
+        &format!("berth-it-{}-web-1", t.env),
+    ]);
     assert_eq!(policy.trim(), "always");
 
     // Changing `env` replaces the container.
     t.write_config(&app_config("two", "always", true));
     let plan = t.run(&["plan"]).ok();
-    assert!(plan.stdout.contains("docker_container.web must be replaced"), "{}", plan.stdout);
-    assert!(plan.stdout.contains("# forces replacement"), "{}", plan.stdout);
+    assert!(
+        plan.stdout
+            .contains("docker_container.web must be replaced"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout.contains("# forces replacement"),
+        "{}",
+        plan.stdout
+    );
     t.run(&["apply", "--auto-approve"]).ok();
-    let ids_replaced = docker(&["ps", "-aq", "--filter", &format!("label=berth.address=docker_container.web"), "--filter", &format!("label={}", label(&t))]);
+    let ids_replaced = docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        "label=berth.address=docker_container.web",
+        "--filter",
+        &format!("label={}", label(&t)),
+    ]);
     assert_eq!(ids_replaced.lines().count(), 2);
-    assert!(ids_replaced.lines().all(|id| !a.contains(&id)), "env change must create new containers");
-    let env = docker(&["inspect", "-f", "{{range .Config.Env}}{{println .}}{{end}}", &format!("berth-it-{}-web-2", t.env)]);
+    assert!(
+        ids_replaced.lines().all(|id| !a.contains(&id)),
+        "env change must create new containers"
+    );
+    let env = docker(&[
+        "inspect",
+        "-f",
+        "{{range .Config.Env}}{{println .}}{{end}}",
+        &format!("berth-it-{}-web-2", t.env),
+    ]);
     assert!(env.lines().any(|l| l == "MODE=two"), "{env}");
 
     // Removing a resource from the file deletes it.
     t.write_config(&app_config("two", "always", false));
     let plan = t.run(&["plan"]).ok();
-    assert!(plan.stdout.contains("docker_container.extra will be destroyed"), "{}", plan.stdout);
+    assert!(
+        plan.stdout
+            .contains("docker_container.extra will be destroyed"),
+        "{}",
+        plan.stdout
+    );
     t.run(&["apply", "--auto-approve"]).ok();
     assert_eq!(containers_with(&label(&t)).len(), 2);
     let listed = t.run(&["state", "list"]).ok();
-    assert!(!listed.stdout.contains("docker_container.extra"), "{}", listed.stdout);
+    assert!(
+        !listed.stdout.contains("docker_container.extra"),
+        "{}",
+        listed.stdout
+    );
 
     // Destroy leaves no object with berth's labels.
     let run = t.run(&["destroy", "--auto-approve"]).ok();
-    assert!(run.stdout.contains("Destroy complete! Resources: 3 destroyed."), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("Destroy complete! Resources: 3 destroyed."),
+        "{}",
+        run.stdout
+    );
     assert!(containers_with(&label(&t)).is_empty());
-    assert_eq!(docker(&["network", "ls", "-q", "--filter", &format!("label={}", label(&t))]).trim(), "");
-    assert_eq!(docker(&["images", "-q", "--filter", &format!("label={}", label(&t))]).trim(), "");
+    assert_eq!(
+        docker(&[
+            "network",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("label={}", label(&t))
+        ])
+        .trim(),
+        ""
+    );
+    assert_eq!(
+        docker(&["images", "-q", "--filter", &format!("label={}", label(&t))]).trim(),
+        ""
+    );
     let listed = t.run(&["state", "list"]).ok();
     assert_eq!(listed.stdout.trim(), "");
 }
@@ -144,13 +237,27 @@ fn a_container_removed_outside_berth_is_recreated() {
     docker(&["rm", "-f", &format!("berth-it-{}-extra", t.env)]);
     let plan = t.run(&["plan", "--detailed-exitcode"]);
     assert_eq!(plan.status, 2, "{}\n{}", plan.stdout, plan.stderr);
-    assert!(plan.stdout.contains("docker_container.extra will be created"), "{}", plan.stdout);
-    assert!(plan.stdout.contains("removed outside berth"), "{}", plan.stdout);
+    assert!(
+        plan.stdout
+            .contains("docker_container.extra will be created"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout.contains("removed outside berth"),
+        "{}",
+        plan.stdout
+    );
 
     // One replica of two removed: the plan scales it back in place.
     docker(&["rm", "-f", &format!("berth-it-{}-web-2", t.env)]);
     let plan = t.run(&["plan"]).ok();
-    assert!(plan.stdout.contains("docker_container.web will be updated in-place"), "{}", plan.stdout);
+    assert!(
+        plan.stdout
+            .contains("docker_container.web will be updated in-place"),
+        "{}",
+        plan.stdout
+    );
     assert!(plan.stdout.contains("~ replicas"), "{}", plan.stdout);
 
     t.run(&["apply", "--auto-approve"]).ok();
@@ -171,12 +278,30 @@ fn a_labelled_container_missing_from_state_is_adopted_not_duplicated() {
     // Simulate a crash between the create call and the state write.
     t.run(&["state", "rm", "docker_container.extra"]).ok();
     let plan = t.run(&["plan"]).ok();
-    assert!(plan.stdout.contains("docker_container.extra will be adopted into state"), "{}", plan.stdout);
-    assert!(plan.stdout.contains("Plan: 0 to add, 0 to change, 0 to destroy, 1 to adopt."), "{}", plan.stdout);
+    assert!(
+        plan.stdout
+            .contains("docker_container.extra will be adopted into state"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout
+            .contains("Plan: 0 to add, 0 to change, 0 to destroy, 1 to adopt."),
+        "{}",
+        plan.stdout
+    );
     t.run(&["apply", "--auto-approve"]).ok();
-    assert_eq!(containers_with(&label(&t)), before, "adoption must not create a second container");
+    assert_eq!(
+        containers_with(&label(&t)),
+        before,
+        "adoption must not create a second container"
+    );
     let listed = t.run(&["state", "list"]).ok();
-    assert!(listed.stdout.contains("docker_container.extra"), "{}", listed.stdout);
+    assert!(
+        listed.stdout.contains("docker_container.extra"),
+        "{}",
+        listed.stdout
+    );
     let plan = t.run(&["plan", "--detailed-exitcode"]);
     assert_eq!(plan.status, 0, "{}\n{}", plan.stdout, plan.stderr);
 }
@@ -217,11 +342,15 @@ resource "docker_container" "web" {{
     let (status, body) = crate::common::http_get(port, "/api/ping").expect("the app answers");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"status\""), "{body}");
-    let (status, body) = crate::common::http_get(port, "/api/fibonacci/10").expect("the app answers");
+    let (status, body) =
+        crate::common::http_get(port, "/api/fibonacci/10").expect("the app answers");
     assert_eq!(status, 200);
     assert!(body.contains("55"), "{body}");
     t.run(&["destroy", "--auto-approve"]).ok();
-    assert!(crate::common::http_get(port, "/api/ping").is_none(), "the port must be closed after destroy");
+    assert!(
+        crate::common::http_get(port, "/api/ping").is_none(),
+        "the port must be closed after destroy"
+    );
 }
 
 #[test]
@@ -234,8 +363,133 @@ fn prevent_destroy_refuses_and_keeps_the_object() {
     let run = t.run(&["destroy", "--auto-approve"]).failed();
     assert!(run.stderr.contains("prevent_destroy"), "{}", run.stderr);
     assert!(run.stderr.contains("berth.hcl:1:1"), "{}", run.stderr);
-    assert_eq!(docker(&["network", "ls", "-q", "--filter", &format!("label={}", label(&t))]).lines().count(), 1);
+    assert_eq!(
+        docker(&[
+            "network",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("label={}", label(&t))
+        ])
+        .lines()
+        .count(),
+        1
+    );
     t.write_config(&guarded.replace("true", "false"));
     t.run(&["destroy", "--auto-approve"]).ok();
-    assert_eq!(docker(&["network", "ls", "-q", "--filter", &format!("label={}", label(&t))]).trim(), "");
+    assert_eq!(
+        docker(&[
+            "network",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("label={}", label(&t))
+        ])
+        .trim(),
+        ""
+    );
+}
+
+#[test]
+fn a_changed_build_context_rebuilds_the_image_and_replaces_its_containers() {
+    let t = TestEnv::new("rebuild");
+    let _cleanup = DockerCleanup { env: t.env.clone() };
+    write_demo_context(&t);
+    t.write_config(&app_config("one", "no", false));
+    t.run(&["apply", "--auto-approve"]).ok();
+    let plan = t.run(&["plan", "--detailed-exitcode"]);
+    assert_eq!(plan.status, 0, "{}", plan.stdout);
+
+    t.write("app/VERSION", "2\n");
+    let plan = t.run(&["plan"]).ok();
+    assert!(
+        plan.stdout.contains("docker_image.app must be replaced"),
+        "{}",
+        plan.stdout
+    );
+    assert!(plan.stdout.contains("~ build_hash"), "{}", plan.stdout);
+    assert!(
+        plan.stdout
+            .contains("docker_container.web must be replaced"),
+        "{}",
+        plan.stdout
+    );
+    let before = docker(&[
+        "inspect",
+        "-f",
+        "{{.Image}}",
+        &format!("berth-it-{}-web-1", t.env),
+    ]);
+    t.run(&["apply", "--auto-approve"]).ok();
+    let after = docker(&[
+        "inspect",
+        "-f",
+        "{{.Image}}",
+        &format!("berth-it-{}-web-1", t.env),
+    ]);
+    assert_ne!(
+        before.trim(),
+        after.trim(),
+        "the container must run the rebuilt image"
+    );
+    let plan = t.run(&["plan", "--detailed-exitcode"]);
+    assert_eq!(plan.status, 0, "{}", plan.stdout);
+}
+
+#[test]
+fn a_moved_tag_is_seen_as_a_change() {
+    let t = TestEnv::new("movedtag");
+    let _cleanup = DockerCleanup { env: t.env.clone() };
+    write_demo_context(&t);
+    let tag = format!("berth-it-{}-tagged:v1", t.env);
+    let build = |marker: &str| {
+        t.write("app/MARKER", marker);
+        let status = std::process::Command::new("docker")
+            .args([
+                "build",
+                "-q",
+                "--label",
+                &format!("berth.env={}", t.env),
+                "-t",
+                &tag,
+            ])
+            .arg(t.path().join("app"))
+            .env("DOCKER_BUILDKIT", "0")
+            .output()
+            .expect("docker build");
+        assert!(
+            status.status.success(),
+            "{}",
+            String::from_utf8_lossy(&status.stderr)
+        );
+    };
+    build("first");
+    t.write_config(&format!(
+        "resource \"docker_container\" \"web\" {{\n  name  = \"berth-it-${{berth.env}}-web\"\n  image = \"{tag}\"\n}}\n"
+    ));
+    t.run(&["apply", "--auto-approve"]).ok();
+    let plan = t.run(&["plan", "--detailed-exitcode"]);
+    assert_eq!(plan.status, 0, "{}", plan.stdout);
+
+    // The tag now points at another image: the container must be replaced.
+    build("second");
+    let plan = t.run(&["plan", "--detailed-exitcode"]);
+    assert_eq!(plan.status, 2, "{}\n{}", plan.stdout, plan.stderr);
+    assert!(
+        plan.stdout
+            .contains("docker_container.web must be replaced"),
+        "{}",
+        plan.stdout
+    );
+    assert!(plan.stdout.contains("~ image_id"), "{}", plan.stdout);
+    t.run(&["apply", "--auto-approve"]).ok();
+    let running = docker(&[
+        "inspect",
+        "-f",
+        "{{.Image}}",
+        &format!("berth-it-{}-web", t.env),
+    ]);
+    let tagged = docker(&["image", "inspect", "-f", "{{.Id}}", &tag]);
+    assert_eq!(running.trim(), tagged.trim());
+    t.run(&["destroy", "--auto-approve"]).ok();
 }

@@ -17,9 +17,14 @@ fn no_forgotten_test_files() {
     let main = std::fs::read_to_string(dir.join("main.rs")).expect("main.rs");
     for entry in std::fs::read_dir(&dir).expect("tests/it") {
         let path = entry.expect("entry").path();
-        let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else { continue };
+        let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else {
+            continue;
+        };
         if path.extension().is_some_and(|e| e == "rs") && stem != "main" {
-            assert!(main.contains(&format!("mod {stem};")), "tests/it/{stem}.rs is not declared in main.rs");
+            assert!(
+                main.contains(&format!("mod {stem};")),
+                "tests/it/{stem}.rs is not declared in main.rs"
+            );
         }
     }
 }

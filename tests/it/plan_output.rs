@@ -75,14 +75,34 @@ fn plan_output_for_create_update_replace_and_delete() {
 
     let json = t.run(&["plan", "--json"]).ok();
     let value: serde_json::Value = serde_json::from_str(&json.stdout).expect("valid JSON");
-    let changes = value["resource_changes"].as_array().expect("resource_changes");
-    let web = changes.iter().find(|c| c["address"] == "docker_container.web").expect("web");
-    assert_eq!(web["change"]["actions"], serde_json::json!(["delete", "create"]));
-    assert_eq!(web["change"]["after_sensitive"]["env"], serde_json::json!(true));
-    assert!(web["change"]["after"].get("env").is_none(), "sensitive values are left out");
-    let extra = changes.iter().find(|c| c["address"] == "docker_network.extra").expect("extra");
+    let changes = value["resource_changes"]
+        .as_array()
+        .expect("resource_changes");
+    let web = changes
+        .iter()
+        .find(|c| c["address"] == "docker_container.web")
+        .expect("web");
+    assert_eq!(
+        web["change"]["actions"],
+        serde_json::json!(["delete", "create"])
+    );
+    assert_eq!(
+        web["change"]["after_sensitive"]["env"],
+        serde_json::json!(true)
+    );
+    assert!(
+        web["change"]["after"].get("env").is_none(),
+        "sensitive values are left out"
+    );
+    let extra = changes
+        .iter()
+        .find(|c| c["address"] == "docker_network.extra")
+        .expect("extra");
     assert_eq!(extra["change"]["actions"], serde_json::json!(["delete"]));
-    assert_eq!(value["summary"], serde_json::json!({"add": 1, "change": 0, "destroy": 2}));
+    assert_eq!(
+        value["summary"],
+        serde_json::json!({"add": 1, "change": 0, "destroy": 2})
+    );
 
     t.run(&["destroy", "--auto-approve"]).ok();
 }

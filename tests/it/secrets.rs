@@ -49,7 +49,11 @@ output "password_length" {
     seen += &plan.stdout;
     seen += &plan.stderr;
     let json = t.run(&["plan", "--json"]).ok();
-    assert!(json.stdout.contains("\"after_sensitive\""), "{}", json.stdout);
+    assert!(
+        json.stdout.contains("\"after_sensitive\""),
+        "{}",
+        json.stdout
+    );
     seen += &json.stdout;
     seen += &json.stderr;
     seen += &String::from_utf8_lossy(&std::fs::read(t.path().join("plan.bin")).expect("plan file"));
@@ -68,13 +72,29 @@ output "password_length" {
         seen += &run.stderr;
     }
     // The container itself does get the secret: berth passed it on.
-    let env = docker(&["inspect", "-f", "{{range .Config.Env}}{{println .}}{{end}}", &format!("berth-it-{}-web", t.env)]);
-    assert!(env.contains(&format!("DB_PASSWORD={SECRET}")), "the container must receive the secret");
+    let env = docker(&[
+        "inspect",
+        "-f",
+        "{{range .Config.Env}}{{println .}}{{end}}",
+        &format!("berth-it-{}-web", t.env),
+    ]);
+    assert!(
+        env.contains(&format!("DB_PASSWORD={SECRET}")),
+        "the container must receive the secret"
+    );
     // ...but not in its labels.
-    let labels = docker(&["inspect", "-f", "{{json .Config.Labels}}", &format!("berth-it-{}-web", t.env)]);
+    let labels = docker(&[
+        "inspect",
+        "-f",
+        "{{json .Config.Labels}}",
+        &format!("berth-it-{}-web", t.env),
+    ]);
     assert!(!labels.contains(SECRET), "{labels}");
 
-    assert!(!seen.contains(SECRET), "the secret leaked into berth's output:\n{seen}");
+    assert!(
+        !seen.contains(SECRET),
+        "the secret leaked into berth's output:\n{seen}"
+    );
     let state = t.state_bytes();
     assert!(!state.is_empty(), "the state store was not found");
     assert!(

@@ -35,7 +35,12 @@ resource "docker_container" "slow" {
 }
 "#,
     );
-    let mut first = t.command(&["apply", "--auto-approve"]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().expect("spawn");
+    let mut first = t
+        .command(&["apply", "--auto-approve"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
     // Wait until the first apply holds the lock (the lock file exists).
     let lock_file = t.path().join(".berth/envs").join(&t.env).join("lock.json");
     let mut held = false;
@@ -49,16 +54,36 @@ resource "docker_container" "slow" {
     assert!(held, "the first apply never took the lock");
     let second = t.run(&["apply", "--auto-approve"]);
     assert_eq!(second.status, 1, "{}\n{}", second.stdout, second.stderr);
-    assert!(second.stderr.contains("the state is locked by another operation"), "{}", second.stderr);
-    assert!(second.stderr.contains("Operation: apply"), "{}", second.stderr);
-    assert!(second.stderr.contains(&format!("PID:       {}", first.id())), "{}", second.stderr);
+    assert!(
+        second
+            .stderr
+            .contains("the state is locked by another operation"),
+        "{}",
+        second.stderr
+    );
+    assert!(
+        second.stderr.contains("Operation: apply"),
+        "{}",
+        second.stderr
+    );
+    assert!(
+        second
+            .stderr
+            .contains(&format!("PID:       {}", first.id())),
+        "{}",
+        second.stderr
+    );
 
     // Kill the holder: its lock stays, reported as stale, until force-unlock.
     first.kill().expect("kill");
     let _ = first.wait();
     let third = t.run(&["plan"]);
     assert_eq!(third.status, 1);
-    assert!(third.stderr.contains("no longer running"), "{}", third.stderr);
+    assert!(
+        third.stderr.contains("no longer running"),
+        "{}",
+        third.stderr
+    );
     let id = third
         .stderr
         .lines()

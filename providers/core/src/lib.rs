@@ -161,10 +161,14 @@ pub trait Provider: Send + Sync {
 
     /// Lists every object of `type_name` that carries `owner`'s labels, with
     /// as few API calls as the remote allows (one list call where possible).
+    /// `recorded` holds the (address, id) pairs state has for the type, so a
+    /// provider can also look up objects that cannot carry labels (an image
+    /// that was pulled rather than built, say).
     async fn refresh(
         &self,
         type_name: &str,
         owner: &Ownership,
+        recorded: &[(String, String)],
     ) -> Result<Vec<Observed>, ProviderError>;
 
     /// Creates the object.

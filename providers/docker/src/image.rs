@@ -351,6 +351,7 @@ pub(crate) async fn delete(docker: &Docker, req: &DeleteRequest<'_>) -> Result<(
 pub(crate) async fn refresh(
     docker: &Docker,
     owner: &Ownership,
+    recorded: &[(String, String)],
 ) -> Result<Vec<Observed>, ProviderError> {
     let filters = client::label_filters(owner, &[]);
     let images = docker
@@ -380,7 +381,7 @@ pub(crate) async fn refresh(
             }
         }
     }
-    Ok(by_address
+    let mut observed: Vec<Observed> = by_address
         .into_iter()
         .map(|(address, image)| Observed {
             address,
@@ -388,7 +389,30 @@ pub(crate) async fn refresh(
             attrs: Attrs::from([("image_id".to_owned(), Value::from(image.id))]),
             config_hash: image.labels.get(labels::CONFIG_HASH).cloned(),
         })
-        .collect())
+        .collect();
+    // Images berth did not build (pulled, or already there) carry no labels:
+    // look those up by the id state recorded, one inspect each.
+    for (address, id) in recorded {
+        if observed.iter().any(|o| &o.address == address) || id.is_empty() {
+            continue;
+        }
+        match docker.inspect_image(id).await {
+            Ok(image) => {
+                let image_id = image.id.unwrap_or_else(|| id.clone());
+                observed.push(Observed {
+                    address: address.clone(),
+                    id: image_id.clone(),
+                    attrs: Attrs::from([("image_id".to_owned(), Value::from(image_id))]),
+                    config_hash: None,
+                });
+            }
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {}
+            Err(e) => return Err(api(e)),
+        }
+    }
+    Ok(observed)
 }
 
 #[cfg(test)]

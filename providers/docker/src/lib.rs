@@ -101,11 +101,12 @@ impl Provider for DockerProvider {
         &self,
         type_name: &str,
         owner: &Ownership,
+        recorded: &[(String, String)],
     ) -> Result<Vec<Observed>, ProviderError> {
         let docker = self.docker()?;
         match type_name {
             network::TYPE => network::refresh(&docker, owner).await,
-            image::TYPE => image::refresh(&docker, owner).await,
+            image::TYPE => image::refresh(&docker, owner, recorded).await,
             container::TYPE => container::refresh(&docker, owner).await,
             other => Err(unknown_type(other)),
         }

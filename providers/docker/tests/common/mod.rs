@@ -171,7 +171,7 @@ impl World {
 
     pub async fn refresh(&self, type_name: &str) -> Vec<Observed> {
         self.provider
-            .refresh(type_name, &self.owner)
+            .refresh(type_name, &self.owner, &[])
             .await
             .expect("refresh")
     }
