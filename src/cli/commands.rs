@@ -28,6 +28,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Fmt(args) => cmd_fmt(&cli, args),
         Command::Graph => cmd_graph(&cli),
         Command::ForceUnlock(args) => cmd_force_unlock(&cli, &args.id).await,
+        Command::Env(super::EnvCommand::List) => cmd_env_list(&cli).await,
     };
     match result {
         Ok(code) => code,
@@ -121,6 +122,9 @@ async fn cmd_plan(cli: &Cli, args: &PlanArgs) -> Result<ExitCode, Error> {
         let json = plan::json::to_json(&plan);
         if let Some(out) = &args.out {
             planfile::write(out, &target, session, &plan, &text, &json)?;
+        }
+        if let Some(report) = &args.gitlab_report {
+            write_gitlab_report(report, &plan)?;
         }
         Ok((plan, text, json))
     })
@@ -485,5 +489,42 @@ async fn cmd_force_unlock(cli: &Cli, id: &str) -> Result<ExitCode, Error> {
     let backend = session::open_backend(&target)?;
     backend.force_unlock(id).await?;
     println!("The lock `{id}` of `{}` was removed.", target.env);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// GitLab's MR widget report: a replace counts as one create and one delete,
+/// as GitLab's own jq filter counts `resource_changes[].change.actions`.
+fn write_gitlab_report(path: &std::path::Path, plan: &Plan) -> Result<(), Error> {
+    use crate::plan::Action;
+    let count = |f: fn(Action) -> bool| plan.changes.iter().filter(|c| f(c.action)).count();
+    let report = serde_json::json!({
+        "create": count(|a| matches!(a, Action::Create | Action::Replace)),
+        "update": count(|a| a == Action::Update),
+        "delete": count(|a| matches!(a, Action::Delete | Action::Replace)),
+    });
+    std::fs::write(path, format!("{report}\n")).map_err(|e| Error::Io {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })
+}
+
+async fn cmd_env_list(cli: &Cli) -> Result<ExitCode, Error> {
+    let target = cli.target(&Default::default());
+    let dir = target.state_dir();
+    let envs = berth_state::sled_backend::SledBackend::list_envs(&dir)?;
+    if envs.is_empty() {
+        println!("No environments in {}.", dir.display());
+    }
+    for env in envs {
+        let mut t = target.clone();
+        t.env = env.clone();
+        match read_state(&t, "env list").await {
+            Ok(snapshot) => println!("{env}\t{} resources", snapshot.resources.len()),
+            Err(Error::State(berth_state::StateError::Locked { holder, .. })) => {
+                println!("{env}\tlocked by {} ({})", holder.who, holder.operation)
+            }
+            Err(e) => return Err(e),
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -71,6 +71,16 @@ pub enum Command {
     Graph,
     /// Remove a lock left behind by a killed process.
     ForceUnlock(ForceUnlockArgs),
+    /// Environments (state namespaces).
+    #[command(subcommand)]
+    Env(EnvCommand),
+}
+
+/// `berth env ...`.
+#[derive(Debug, Subcommand)]
+pub enum EnvCommand {
+    /// List environments with their resource counts.
+    List,
 }
 
 /// Variable inputs.
@@ -102,6 +112,9 @@ pub struct PlanArgs {
     /// Plan the destruction of everything.
     #[arg(long)]
     pub destroy: bool,
+    /// Write GitLab's merge-request widget report (`{"create":N,"update":N,"delete":N}`) to FILE.
+    #[arg(long = "gitlab-report", value_name = "FILE")]
+    pub gitlab_report: Option<PathBuf>,
 }
 
 /// `berth apply`.

@@ -494,7 +494,7 @@ fn describe_error(e: &hcl::eval::Error, sensitive: bool) -> String {
         ErrorKind::BinaryOp(..) | ErrorKind::UnaryOp(..) if sensitive => {
             "operator cannot be applied to these values".to_owned()
         }
-        ErrorKind::FuncCall(name, msg) => format!("{name}(): {msg}"),
+        ErrorKind::FuncCall(_, msg) => msg.clone(),
         ErrorKind::NoSuchKey(key) => format!("no attribute `{key}`"),
         other => other.to_string(),
     }
