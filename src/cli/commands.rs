@@ -80,9 +80,16 @@ fn validate(cli: &Cli, target: &Target) -> Result<ExitCode, Error> {
         }
         if let Some(resource) = loaded.config.resource(node)
             && let Some(schema) = loaded.registry.schema(&resource.type_name)
-            && let Err(d) = scope.eval_body(&loaded.config, &resource.body, schema)
         {
-            diags.extend(d);
+            match scope.eval_body(&loaded.config, &resource.body, schema) {
+                Ok(desired) => diags.extend(crate::plan::provider_checks(
+                    &loaded.config,
+                    resource,
+                    &loaded.registry,
+                    &desired,
+                )),
+                Err(d) => diags.extend(d),
+            }
         }
         scope.set_resource(node, None, &[], &Default::default());
     }

@@ -210,6 +210,12 @@ pub async fn plan(session: &Session, scope: &mut Scope, destroy: bool) -> Result
                     continue;
                 }
             };
+            diags.extend(provider_checks(
+                config,
+                resource,
+                &loaded.registry,
+                &desired,
+            ));
             if let (Some(mut known), Some(provider)) = (
                 desired.all_known(),
                 loaded.registry.provider_for(&resource.type_name),
@@ -369,6 +375,53 @@ pub async fn plan(session: &Session, scope: &mut Scope, destroy: bool) -> Result
         changes,
         destroy,
     })
+}
+
+/// Runs the provider's own checks of known values and points each problem
+/// at the attribute's value in the file.
+pub fn provider_checks(
+    config: &crate::config::Config,
+    resource: &crate::config::Resource,
+    registry: &crate::providers::Registry,
+    desired: &Evaluated,
+) -> Diagnostics {
+    let mut diags = Diagnostics::default();
+    let Some(provider) = registry.provider_for(&resource.type_name) else {
+        return diags;
+    };
+    let known: Attrs = desired
+        .attrs
+        .iter()
+        .filter_map(|(k, v)| v.known().map(|v| (k.clone(), v.clone())))
+        .collect();
+    for problem in provider.validate(&resource.type_name, &known) {
+        let span = resource
+            .body
+            .attr(&problem.attribute)
+            .map(|a| a.value.span.clone())
+            .or_else(|| {
+                resource
+                    .body
+                    .blocks
+                    .iter()
+                    .find(|b| b.name == problem.attribute)
+                    .map(|b| b.span.clone())
+            })
+            .unwrap_or_else(|| resource.span.clone());
+        diags.push(
+            config
+                .error(
+                    span,
+                    format!(
+                        "invalid `{}` in `{}`",
+                        problem.attribute,
+                        resource.address()
+                    ),
+                )
+                .with_label(problem.message),
+        );
+    }
+    diags
 }
 
 fn depth(address: &str, session: &Session) -> usize {

@@ -2,17 +2,26 @@
 //!
 //! This crate owns the state model ([`Snapshot`], [`ResourceRecord`]), the
 //! [`StateBackend`] trait every store implements, the default sled store
-//! ([`sled_backend::SledBackend`]), the lock with its holder info
-//! ([`LockInfo`]) and the keyed hashes that stand in for secrets
+//! ([`sled_backend::SledBackend`]), the remote stores
+//! ([`http_backend`], [`pg_backend`], [`s3_backend`]), the lock with its
+//! holder info ([`LockInfo`]) and the keyed hashes that stand in for secrets
 //! ([`StateKey`]). It imports nothing of berth's own: attribute values are
 //! plain JSON.
+//!
+//! [`open_backend`] turns a configuration's `backend "KIND" { ... }` block
+//! into a store; [`list_envs`] lists the environments a store holds.
 
 mod fs_util;
+pub mod http_backend;
 mod key;
 mod lock;
+pub mod pg_backend;
+mod remote;
+pub mod s3_backend;
 pub mod sled_backend;
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -96,6 +105,14 @@ pub enum StateError {
         /// What went wrong.
         message: String,
     },
+    /// A backend's settings are wrong (unknown kind or setting, bad value).
+    #[error("backend \"{backend}\": {message}")]
+    Config {
+        /// The backend kind (`http`, `pg`, ...).
+        backend: String,
+        /// What is wrong.
+        message: String,
+    },
     /// Stored data could not be decoded.
     #[error("state record `{key}` is corrupt: {message}")]
     Corrupt {
@@ -144,4 +161,104 @@ pub trait StateBackend: Send + Sync {
 
     /// Where the store lives, for messages.
     fn describe(&self) -> String;
+}
+
+/// The backend kinds [`open_backend`] knows.
+pub const BACKEND_KINDS: &[&str] = &["local", "http", "pg", "s3"];
+
+/// Settings of the `local` (sled) backend.
+pub const LOCAL_SETTINGS: &[&str] = &["path"];
+
+/// Opens the store of kind `kind` (a `backend "KIND" { ... }` block) for
+/// environment `env`.
+///
+/// - `local`: the sled store under `settings.path`, default `local_dir`;
+/// - `http`: [`http_backend::HttpBackend`] (Terraform's HTTP protocol,
+///   GitLab-managed state);
+/// - `pg`: [`pg_backend::PgBackend`] (PostgreSQL);
+/// - `s3`: [`s3_backend::S3Backend`] (any S3-compatible store).
+///
+/// The remote kinds keep their [`StateKey`] in `local_dir` (`state.key`) or
+/// take it from `BERTH_STATE_KEY`. An unknown kind or setting is a
+/// [`StateError::Config`] naming the valid ones. Nothing is contacted yet:
+/// the first request goes out with [`StateBackend::lock`].
+pub async fn open_backend(
+    kind: &str,
+    settings: &BTreeMap<String, String>,
+    env: &str,
+    local_dir: &Path,
+) -> Result<Box<dyn StateBackend>, StateError> {
+    check_env(kind, env)?;
+    match kind {
+        "local" => {
+            remote::check_settings(kind, settings, LOCAL_SETTINGS)?;
+            let dir = settings.get("path").map_or(local_dir, Path::new);
+            Ok(Box::new(sled_backend::SledBackend::open(dir, env)?))
+        }
+        "http" => Ok(Box::new(http_backend::HttpBackend::open(
+            settings, env, local_dir,
+        )?)),
+        "pg" => Ok(Box::new(pg_backend::PgBackend::open(
+            settings, env, local_dir,
+        )?)),
+        "s3" => Ok(Box::new(s3_backend::S3Backend::open(
+            settings, env, local_dir,
+        )?)),
+        other => Err(unknown_kind(other)),
+    }
+}
+
+/// The environments that have state in the store of kind `kind`, sorted.
+///
+/// `local` lists the environment directories, `pg` the rows of its `states`
+/// table, `s3` the state objects under the key's prefix. The `http`
+/// protocol has no way to list states, so `http` is an error saying so.
+pub async fn list_envs(
+    kind: &str,
+    settings: &BTreeMap<String, String>,
+    local_dir: &Path,
+) -> Result<Vec<String>, StateError> {
+    match kind {
+        "local" => {
+            remote::check_settings(kind, settings, LOCAL_SETTINGS)?;
+            let dir = settings.get("path").map_or(local_dir, Path::new);
+            sled_backend::SledBackend::list_envs(dir)
+        }
+        "http" => {
+            remote::check_settings(kind, settings, http_backend::SETTINGS)?;
+            Err(StateError::Config {
+                backend: kind.to_owned(),
+                message: "the HTTP backend protocol cannot list states; each environment's \
+                          state has its own address"
+                    .to_owned(),
+            })
+        }
+        "pg" => pg_backend::PgBackend::list_envs(settings).await,
+        "s3" => s3_backend::S3Backend::list_envs(settings).await,
+        other => Err(unknown_kind(other)),
+    }
+}
+
+fn check_env(kind: &str, env: &str) -> Result<(), StateError> {
+    if env.is_empty() {
+        return Err(StateError::Config {
+            backend: kind.to_owned(),
+            message: "the environment name is empty".to_owned(),
+        });
+    }
+    Ok(())
+}
+
+fn unknown_kind(kind: &str) -> StateError {
+    StateError::Config {
+        backend: kind.to_owned(),
+        message: format!(
+            "unknown backend kind; the kinds are {}",
+            BACKEND_KINDS
+                .iter()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
 }

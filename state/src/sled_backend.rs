@@ -445,7 +445,7 @@ fn read_lock_file(path: &Path) -> Result<Option<LockInfo>, StateError> {
 }
 
 /// A random id shaped like a version-4 UUID.
-fn new_lineage() -> String {
+pub(crate) fn new_lineage() -> String {
     let mut b: [u8; 16] = rand::random();
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;

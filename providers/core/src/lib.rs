@@ -124,6 +124,15 @@ pub struct DeleteRequest<'a> {
     pub owner: &'a Ownership,
 }
 
+/// A problem with one attribute's value, found by [`Provider::validate`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttrProblem {
+    /// The top-level attribute (or block) name.
+    pub attribute: String,
+    /// What is wrong, without the value itself (it may be a secret).
+    pub message: String,
+}
+
 /// What every provider is constructed with.
 #[derive(Clone, Debug)]
 pub struct ProviderContext {
@@ -150,6 +159,14 @@ pub trait Provider: Send + Sync {
     /// Takes the evaluated `provider "NAME"` block (empty when the file has
     /// none) and connects. Called once before any other async call.
     async fn configure(&self, config: &Attrs) -> Result<(), ProviderError>;
+
+    /// Checks known attribute values before any API call (e.g. GitLab's
+    /// masking rules). Each problem names the top-level attribute it is
+    /// about, so the engine can point at its `file:line:col`.
+    fn validate(&self, type_name: &str, config: &Attrs) -> Vec<AttrProblem> {
+        let _ = (type_name, config);
+        Vec::new()
+    }
 
     /// Adds derived attributes to a desired configuration at plan time, such
     /// as the content hash of a build context, so that a change in them
