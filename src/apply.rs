@@ -47,12 +47,13 @@ enum Status {
 }
 
 /// The outcome of an apply.
-#[derive(Debug, Default)]
 pub struct Outcome {
     /// Outputs after apply (sensitive ones redacted).
     pub outputs: BTreeMap<String, OutputRecord>,
     /// Counts: added, changed, destroyed.
     pub counts: (usize, usize, usize),
+    /// Everything known after apply, for checks.
+    pub scope: Scope,
 }
 
 /// Applies `plan`; `scope` is the scope the plan was made with.
@@ -161,7 +162,11 @@ pub async fn apply(
     if failed > 0 {
         return Err(Error::Apply { failed, skipped });
     }
-    Ok(Outcome { outputs, counts })
+    Ok(Outcome {
+        outputs,
+        counts,
+        scope,
+    })
 }
 
 fn strip_address(e: &Error, address: &str) -> String {

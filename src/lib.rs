@@ -7,6 +7,7 @@
 //! refreshes and diffs, [`apply`] carries the plan out.
 
 pub mod apply;
+pub mod checks;
 pub mod cli;
 pub mod config;
 pub mod diag;

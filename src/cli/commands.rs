@@ -29,6 +29,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Graph => cmd_graph(&cli),
         Command::ForceUnlock(args) => cmd_force_unlock(&cli, &args.id).await,
         Command::Env(super::EnvCommand::List) => cmd_env_list(&cli).await,
+        Command::Check(vars) => cmd_check(&cli, vars).await,
     };
     match result {
         Ok(code) => code,
@@ -233,8 +234,12 @@ async fn converge(
             ui.result(&plan::render::render(&plan, &session.loaded.registry));
         }
         if !plan.has_changes() {
-            write_outputs_if_missing(session, &plan, scope, ui).await?;
-            return Ok(ExitCode::SUCCESS);
+            if plan.destroy {
+                return Ok(ExitCode::SUCCESS);
+            }
+            let outcome = crate::apply::apply(session, &plan, scope, 1, ui).await?;
+            print_outputs(ui, &outcome.outputs);
+            return run_checks(session, &outcome.scope, ui).await;
         }
         let question = if destroy {
             format!("Do you really want to destroy all resources of the environment `{}`?", plan.env)
@@ -253,26 +258,60 @@ async fn converge(
                 "\nApply complete! Resources: {add} added, {change} changed, {destroyed} destroyed.\n"
             ));
             print_outputs(ui, &outcome.outputs);
+            return run_checks(session, &outcome.scope, ui).await;
         }
         Ok(ExitCode::SUCCESS)
     })
     .await
 }
 
-/// With nothing to change, outputs may still be new (an output added to the
-/// file): record them, as Terraform does on a no-op apply.
-async fn write_outputs_if_missing(
+/// Runs the file's `check` blocks; a failed check fails the command.
+async fn run_checks(
     session: &Session,
-    plan: &Plan,
-    scope: crate::config::eval::Scope,
+    scope: &crate::config::eval::Scope,
     ui: &Ui,
-) -> Result<(), Error> {
-    if plan.destroy {
-        return Ok(());
+) -> Result<ExitCode, Error> {
+    let config = &session.loaded.config;
+    if config.checks.is_empty() {
+        return Ok(ExitCode::SUCCESS);
     }
-    let outcome = crate::apply::apply(session, plan, scope, 1, ui).await?;
-    print_outputs(ui, &outcome.outputs);
-    Ok(())
+    let specs = crate::checks::evaluate(config, scope)?;
+    let progress = |line: &str| ui.status(line);
+    let results = crate::checks::run(specs, &progress).await;
+    let mut failed = 0;
+    for r in &results {
+        match &r.outcome {
+            Ok(attempts) => ui.status(&format!(
+                "check.{}: passed ({} → {}, {attempts} attempt{})",
+                r.spec.name,
+                r.spec.url,
+                r.spec.expect_status,
+                if *attempts == 1 { "" } else { "s" }
+            )),
+            Err(message) => {
+                failed += 1;
+                ui.error(&format!("check.{}: {message}", r.spec.name));
+            }
+        }
+    }
+    if failed > 0 {
+        return Err(Error::Refused(format!(
+            "{failed} of {} check(s) failed",
+            results.len()
+        )));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn cmd_check(cli: &Cli, vars: &super::VarArgs) -> Result<ExitCode, Error> {
+    let target = cli.target(vars);
+    let ui = cli.ui(false);
+    with_session(&target, "check", async |session| {
+        let mut scope = session.loaded.scope.clone();
+        plan::plan(session, &mut scope, false).await?;
+        run_checks(session, &scope, &ui).await
+    })
+    .await
 }
 
 fn print_outputs(ui: &Ui, outputs: &std::collections::BTreeMap<String, berth_state::OutputRecord>) {

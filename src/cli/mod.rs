@@ -71,6 +71,8 @@ pub enum Command {
     Graph,
     /// Remove a lock left behind by a killed process.
     ForceUnlock(ForceUnlockArgs),
+    /// Run the file's `check` blocks against what is deployed.
+    Check(VarArgs),
     /// Environments (state namespaces).
     #[command(subcommand)]
     Env(EnvCommand),

@@ -336,9 +336,18 @@ resource "docker_container" "web" {{
   }}
   wait = true
 }}
+
+check "ping" {{
+  url      = "http://127.0.0.1:{port}/api/ping"
+  contains = "ok"
+  timeout  = "30s"
+}}
 "#
     ));
-    t.run(&["apply", "--auto-approve"]).ok();
+    let run = t.run(&["apply", "--auto-approve"]).ok();
+    assert!(run.stderr.contains("check.ping: passed"), "{}", run.stderr);
+    let run = t.run(&["check"]).ok();
+    assert!(run.stderr.contains("check.ping: passed"), "{}", run.stderr);
     let (status, body) = crate::common::http_get(port, "/api/ping").expect("the app answers");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"status\""), "{body}");
