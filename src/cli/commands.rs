@@ -31,12 +31,57 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Env(super::EnvCommand::List) => cmd_env_list(&cli).await,
         Command::Check(vars) => cmd_check(&cli, vars).await,
     };
+    let json = match &cli.command {
+        Command::Plan(args) => args.json,
+        Command::Apply(args) => args.json,
+        _ => false,
+    };
     match result {
         Ok(code) => code,
         Err(e) => {
-            report(&e);
+            if json {
+                report_json(&e);
+            } else {
+                report(&e);
+            }
             ExitCode::from(1)
         }
+    }
+}
+
+/// Errors as JSON lines on stdout, in the shape of Terraform's
+/// machine-readable diagnostics.
+fn report_json(e: &Error) {
+    let diagnostics: Vec<serde_json::Value> = match e {
+        Error::Config(diags) => diags
+            .0
+            .iter()
+            .map(|d| {
+                let range = d.location.as_ref().map(|(file, span)| {
+                    let (line, column) = file.line_col(span.start);
+                    let (end_line, end_column) = file.line_col(span.end);
+                    serde_json::json!({
+                        "filename": file.name,
+                        "start": { "line": line, "column": column, "byte": span.start },
+                        "end": { "line": end_line, "column": end_column, "byte": span.end },
+                    })
+                });
+                serde_json::json!({
+                    "severity": match d.severity { crate::diag::Severity::Error => "error", crate::diag::Severity::Warning => "warning" },
+                    "summary": d.summary,
+                    "detail": d.label.clone().or_else(|| d.help.clone()).unwrap_or_default(),
+                    "range": range,
+                })
+            })
+            .collect(),
+        other => vec![serde_json::json!({ "severity": "error", "summary": other.to_string(), "detail": "" })],
+    };
+    for d in diagnostics {
+        let message = d["summary"].as_str().unwrap_or_default().to_owned();
+        println!(
+            "{}",
+            serde_json::json!({ "@level": "error", "@message": format!("Error: {message}"), "type": "diagnostic", "diagnostic": d })
+        );
     }
 }
 
@@ -138,7 +183,8 @@ async fn cmd_plan(cli: &Cli, args: &PlanArgs) -> Result<ExitCode, Error> {
     })
     .await?;
     if args.json {
-        ui.result(&format!("{json}\n"));
+        let _ = json;
+        ui.result(&crate::plan::json::stream(&plan, "plan"));
     } else {
         ui.result(&text);
         if let Some(out) = &args.out {

@@ -83,3 +83,53 @@ fn resource_change(c: &ResourceChange) -> Value {
         "action_reason": c.reason,
     })
 }
+
+/// The plan as JSON lines, like `terraform plan -json`: one
+/// `planned_change` per resource that changes, then a `change_summary`.
+pub fn stream(plan: &Plan, operation: &str) -> String {
+    let mut out = String::new();
+    let line = |value: Value, out: &mut String| {
+        out.push_str(&value.to_string());
+        out.push('\n');
+    };
+    line(
+        json!({"@level": "info", "@message": format!("berth {}", env!("CARGO_PKG_VERSION")), "type": "version", "berth": env!("CARGO_PKG_VERSION"), "ui": "1.0"}),
+        &mut out,
+    );
+    for c in plan.changes.iter().filter(|c| c.action != Action::NoOp) {
+        let (type_name, name) = c.address.split_once('.').unwrap_or((&c.address, ""));
+        let action = match c.action {
+            Action::Create => "create",
+            Action::Update => "update",
+            Action::Replace => "replace",
+            Action::Delete => "delete",
+            Action::Adopt => "adopt",
+            Action::NoOp => "noop",
+        };
+        line(
+            json!({
+                "@level": "info",
+                "@message": format!("{}: Plan to {action}", c.address),
+                "type": "planned_change",
+                "change": {
+                    "resource": { "addr": c.address, "resource_type": type_name, "resource_name": name },
+                    "action": action,
+                    "reason": c.reason,
+                    "replace_paths": c.forces_replacement.iter().map(|p| vec![p]).collect::<Vec<_>>(),
+                },
+            }),
+            &mut out,
+        );
+    }
+    let (add, change, remove) = plan.counts();
+    line(
+        json!({
+            "@level": "info",
+            "@message": format!("Plan: {add} to add, {change} to change, {remove} to destroy."),
+            "type": "change_summary",
+            "changes": { "add": add, "change": change, "remove": remove, "operation": operation },
+        }),
+        &mut out,
+    );
+    out
+}

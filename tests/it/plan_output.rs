@@ -73,8 +73,47 @@ fn plan_output_for_create_update_replace_and_delete() {
     let plan = t.run(&["plan"]).ok();
     snapshot(&t, "plan_replace_and_delete", &plan.stdout);
 
-    let json = t.run(&["plan", "--json"]).ok();
-    let value: serde_json::Value = serde_json::from_str(&json.stdout).expect("valid JSON");
+    let lines = t.run(&["plan", "--json"]).ok();
+    let events: Vec<serde_json::Value> = lines
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every line is JSON"))
+        .collect();
+    let planned: Vec<(&str, &str)> = events
+        .iter()
+        .filter(|e| e["type"] == "planned_change")
+        .map(|e| {
+            (
+                e["change"]["resource"]["addr"].as_str().unwrap_or_default(),
+                e["change"]["action"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        planned,
+        vec![
+            ("docker_container.web", "replace"),
+            ("docker_network.extra", "delete")
+        ]
+    );
+    let summary = events.last().expect("summary");
+    assert_eq!(summary["type"], "change_summary");
+    assert_eq!(
+        summary["changes"],
+        serde_json::json!({"add": 1, "change": 0, "remove": 2, "operation": "plan"})
+    );
+
+    // The saved plan as one document, like `terraform show -json`.
+    t.run(&[
+        "plan",
+        "--out",
+        "plan.bin",
+        "--gitlab-report",
+        "report.json",
+    ])
+    .ok();
+    let shown = t.run(&["show", "--json", "plan.bin"]).ok();
+    let value: serde_json::Value = serde_json::from_str(&shown.stdout).expect("valid JSON");
     let changes = value["resource_changes"]
         .as_array()
         .expect("resource_changes");
@@ -103,6 +142,9 @@ fn plan_output_for_create_update_replace_and_delete() {
         value["summary"],
         serde_json::json!({"add": 1, "change": 0, "destroy": 2})
     );
+    // GitLab's MR widget report counts a replace as one create and one delete.
+    let report = std::fs::read_to_string(t.path().join("report.json")).expect("report");
+    assert_eq!(report.trim(), r#"{"create":1,"delete":2,"update":0}"#);
 
     t.run(&["destroy", "--auto-approve"]).ok();
 }

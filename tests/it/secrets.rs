@@ -50,12 +50,19 @@ output "password_length" {
     seen += &plan.stderr;
     let json = t.run(&["plan", "--json"]).ok();
     assert!(
-        json.stdout.contains("\"after_sensitive\""),
+        json.stdout.contains("\"planned_change\""),
         "{}",
         json.stdout
     );
     seen += &json.stdout;
     seen += &json.stderr;
+    let shown = t.run(&["show", "--json", "plan.bin"]).ok();
+    assert!(
+        shown.stdout.contains("\"after_sensitive\""),
+        "{}",
+        shown.stdout
+    );
+    seen += &shown.stdout;
     seen += &String::from_utf8_lossy(&std::fs::read(t.path().join("plan.bin")).expect("plan file"));
     let apply = t.run(&["-vv", "apply", "plan.bin"]).ok();
     seen += &apply.stdout;
