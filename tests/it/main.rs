@@ -6,6 +6,7 @@ mod common;
 mod cli;
 mod diagnostics;
 mod docker;
+mod environments;
 mod plan_output;
 mod secrets;
 mod state_lock;
