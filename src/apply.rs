@@ -202,7 +202,7 @@ fn build_ops(session: &Session, plan: &Plan) -> (Vec<Op>, Vec<Vec<usize>>) {
         }
     }
     for (i, c) in plan.changes.iter().enumerate() {
-        if matches!(c.action, Action::Replace | Action::Delete) {
+        if c.action == Action::Delete || (c.action == Action::Replace && !c.rolling) {
             destroy.insert(c.address.clone(), ops.len());
             ops.push(Op {
                 node: c.address.clone(),
@@ -428,6 +428,40 @@ async fn run_op(
                 short_id(&applied.id)
             ));
             (applied, (0, 0, 0))
+        }
+        Action::Replace if change.rolling => {
+            let started = Instant::now();
+            ui.status(&format!(
+                "{address}: Replacing (rolling)... [id={}]",
+                short_id(change.prior_id.as_deref().unwrap_or(""))
+            ));
+            let progress = |line: &str| ui.status(&format!("{address}: {line}"));
+            let prior = change.before.clone().unwrap_or_default();
+            let applied = with_ticker(
+                provider.replace(
+                    ApplyRequest {
+                        type_name: &change.type_name,
+                        address,
+                        config: &known,
+                        prior: Some(&prior),
+                        prior_id: change.prior_id.as_deref(),
+                        config_hash: &config_hash,
+                        owner: &session.owner,
+                    },
+                    &progress,
+                ),
+                ui,
+                address,
+                "replacing",
+            )
+            .await
+            .map_err(provider_error)?;
+            ui.status(&format!(
+                "{address}: Replacement complete after {} [id={}]",
+                elapsed(started),
+                short_id(&applied.id)
+            ));
+            (applied, (1, 0, 1))
         }
         Action::Create | Action::Replace => {
             let started = Instant::now();

@@ -85,6 +85,9 @@ pub struct ResourceChange {
     pub depends_on: Vec<String>,
     /// The config hash of `after` when it is fully known.
     pub config_hash: Option<String>,
+    /// The provider replaces the object itself, keeping the old one serving
+    /// until the new one is ready (a rolling update of replicas).
+    pub rolling: bool,
 }
 
 /// A whole plan for one environment.
@@ -243,6 +246,15 @@ pub async fn plan(session: &Session, scope: &mut Scope, destroy: bool) -> Result
                 key,
                 &resource.lifecycle,
             );
+            if change.action == Action::Replace
+                && change.prior_id.is_some()
+                && let (Some(known), Some(provider)) = (
+                    desired.all_known(),
+                    loaded.registry.provider_for(&resource.type_name),
+                )
+            {
+                change.rolling = provider.replaces_itself(&resource.type_name, &known);
+            }
             change.depends_on = loaded
                 .graph
                 .deps
@@ -489,6 +501,7 @@ fn delete_change(
         create_before_destroy: false,
         depends_on: record.map(|r| r.depends_on.clone()).unwrap_or_default(),
         config_hash: None,
+        rolling: false,
     }
 }
 
@@ -531,6 +544,7 @@ fn diff(
         create_before_destroy: lifecycle.create_before_destroy,
         depends_on: Vec::new(),
         config_hash: config_hash.clone(),
+        rolling: false,
     };
 
     // The object as it is: state overlaid with what refresh saw.

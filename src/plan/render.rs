@@ -75,6 +75,9 @@ fn headline(change: &ResourceChange) -> String {
     let what = match change.action {
         Action::Create => "will be created".to_owned(),
         Action::Update => "will be updated in-place".to_owned(),
+        Action::Replace if change.rolling => {
+            "must be replaced (rolling: new replicas start before old ones stop)".to_owned()
+        }
         Action::Replace if change.create_before_destroy => {
             "must be replaced (the replacement is created first)".to_owned()
         }

@@ -204,6 +204,30 @@ pub trait Provider: Send + Sync {
         progress: Progress<'_>,
     ) -> Result<Applied, ProviderError>;
 
+    /// Whether the provider replaces this object itself, piece by piece
+    /// (a rolling update of container replicas), instead of the engine's
+    /// destroy-then-create. `config` is the desired configuration, fully
+    /// known. When true, the engine calls [`Provider::replace`] once.
+    fn replaces_itself(&self, type_name: &str, config: &Attrs) -> bool {
+        let _ = (type_name, config);
+        false
+    }
+
+    /// Replaces the object described by `request.prior` with one built from
+    /// `request.config`, keeping the old one serving until the new one is
+    /// ready. Only called when [`Provider::replaces_itself`] said so.
+    async fn replace(
+        &self,
+        request: ApplyRequest<'_>,
+        progress: Progress<'_>,
+    ) -> Result<Applied, ProviderError> {
+        let _ = progress;
+        Err(ProviderError::Config(format!(
+            "{} cannot be replaced in place",
+            request.type_name
+        )))
+    }
+
     /// Deletes the object. Deleting an object that is already gone succeeds.
     async fn delete(
         &self,
