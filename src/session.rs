@@ -170,18 +170,14 @@ impl Session {
                 continue;
             };
             let block = self.loaded.config.providers.iter().find(|p| p.name == name);
-            let mut attrs = berth_provider::Attrs::new();
-            if let Some(block) = block {
-                for attr in &block.body.attrs {
-                    match self.loaded.scope.eval(&self.loaded.config, &attr.value) {
-                        Ok(crate::config::eval::PValue::Known(v)) => {
-                            attrs.insert(attr.name.clone(), v);
-                        }
-                        Ok(crate::config::eval::PValue::Unknown) => {}
-                        Err(d) => return Err(Error::Config(d.into())),
-                    }
-                }
-            }
+            let attrs = match block {
+                Some(block) => self
+                    .loaded
+                    .scope
+                    .eval_untyped(&self.loaded.config, &block.body)
+                    .map_err(Error::Config)?,
+                None => berth_provider::Attrs::new(),
+            };
             provider
                 .configure(&attrs)
                 .await

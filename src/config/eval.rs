@@ -316,6 +316,44 @@ impl Scope {
         }
     }
 
+    /// Evaluates a body without a schema (provider blocks): attributes by
+    /// name, nested blocks as lists of objects. Unknown values are left out.
+    pub fn eval_untyped(
+        &self,
+        config: &Config,
+        body: &Body,
+    ) -> Result<BTreeMap<String, Value>, Diagnostics> {
+        let mut diags = Diagnostics::default();
+        let mut out = BTreeMap::new();
+        for attr in &body.attrs {
+            match self.eval(config, &attr.value) {
+                Ok(PValue::Known(v)) => {
+                    out.insert(attr.name.clone(), v);
+                }
+                Ok(PValue::Unknown) => {}
+                Err(d) => diags.push(d),
+            }
+        }
+        for block in &body.blocks {
+            match self.eval_untyped(config, &block.body) {
+                Ok(inner) => {
+                    let entry = out
+                        .entry(block.name.clone())
+                        .or_insert_with(|| Value::Array(Vec::new()));
+                    if let Value::Array(items) = entry {
+                        items.push(Value::Object(inner.into_iter().collect()));
+                    }
+                }
+                Err(d) => diags.extend(d),
+            }
+        }
+        if diags.has_errors() {
+            Err(diags)
+        } else {
+            Ok(out)
+        }
+    }
+
     fn eval_block(
         &self,
         config: &Config,
