@@ -299,7 +299,7 @@ async fn try_once(
     };
     let _ = stream.set_nodelay(true);
 
-    let outcome = Arc::new(Mutex::new(None));
+    let outcome: CheckSlot = Arc::new(Mutex::new(None));
     let handler = ClientHandler {
         policy: policy.clone(),
         recorded,
@@ -367,10 +367,9 @@ async fn try_once(
 /// Classifies a russh error: transport failures are retried, the rest is fatal.
 fn classify(name: &str, phase: &str, e: russh::Error) -> Attempt {
     match e {
-        russh::Error::IO(io) => Attempt::Retry(format!(
-            "connection lost {phase}: {}",
-            describe_io(&io)
-        )),
+        russh::Error::IO(io) => {
+            Attempt::Retry(format!("connection lost {phase}: {}", describe_io(&io)))
+        }
         russh::Error::HUP
         | russh::Error::Disconnect
         | russh::Error::ConnectionTimeout
@@ -398,12 +397,12 @@ fn describe_io(e: &io::Error) -> String {
     }
 }
 
-/// `5m`, `1m30s`, `45s`, `1.5s`.
+/// `5m`, `1m30s`, `45s` (rounded to the second), or `0.4s` below a second.
 pub(crate) fn human_duration(d: Duration) -> String {
-    let secs = d.as_secs();
-    if secs == 0 || (secs < 10 && d.subsec_millis() != 0) {
+    if d < Duration::from_secs(1) {
         return format!("{:.1}s", d.as_secs_f64());
     }
+    let secs = d.as_secs() + u64::from(d.subsec_millis() >= 500);
     let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
     let mut out = String::new();
     if h > 0 {
@@ -439,8 +438,11 @@ pub(crate) struct ClientHandler {
     recorded: Option<String>,
     /// The check's outcome: the fingerprint seen and the verdict, or why it
     /// was refused.
-    outcome: Arc<Mutex<Option<Result<(String, Verdict), SshError>>>>,
+    outcome: CheckSlot,
 }
+
+/// The host key check's outcome, shared between the handler and [`try_once`].
+type CheckSlot = Arc<Mutex<Option<Result<(String, Verdict), SshError>>>>;
 
 impl client::Handler for ClientHandler {
     type Error = HandshakeError;
@@ -481,7 +483,9 @@ mod tests {
         assert_eq!(human_duration(Duration::from_secs(300)), "5m");
         assert_eq!(human_duration(Duration::from_secs(90)), "1m30s");
         assert_eq!(human_duration(Duration::from_secs(45)), "45s");
-        assert_eq!(human_duration(Duration::from_millis(3200)), "3.2s");
+        assert_eq!(human_duration(Duration::from_millis(3200)), "3s");
+        assert_eq!(human_duration(Duration::from_millis(300_400)), "5m");
+        assert_eq!(human_duration(Duration::from_millis(400)), "0.4s");
         assert_eq!(human_duration(Duration::from_secs(3600)), "1h");
     }
 }

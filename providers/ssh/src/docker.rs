@@ -46,7 +46,7 @@ impl SshConnection {
             Ok(channel) => {
                 let _ = channel.close().await;
             }
-            Err(e) => return Err(no_docker(self.describe_open_failure(socket, &e))),
+            Err(e) => return Err(no_docker(self.describe_open_failure(socket, &e).await)),
         }
 
         let connector = StreamLocal {
@@ -60,7 +60,12 @@ impl SshConnection {
         let docker = Docker::connect_with_custom_transport(
             move |req: BollardRequest| {
                 let client = client.clone();
-                async move { client.request(req).await.map_err(bollard::errors::Error::from) }
+                async move {
+                    client
+                        .request(req)
+                        .await
+                        .map_err(bollard::errors::Error::from)
+                }
             },
             Some("http://docker.invalid"),
             DOCKER_TIMEOUT_SECS,
@@ -82,25 +87,54 @@ impl SshConnection {
         })
     }
 
-    fn describe_open_failure(&self, socket: &str, e: &russh::Error) -> String {
+    /// Explains why a streamlocal channel to `socket` could not be opened.
+    /// OpenSSH answers "connect failed" both for a missing socket and for
+    /// forbidden forwarding, so look at the socket with a shell command to
+    /// tell which.
+    async fn describe_open_failure(&self, socket: &str, e: &russh::Error) -> String {
+        let forbidden = format!(
+            "the SSH server refused to forward {socket}: it needs `AllowStreamLocalForwarding yes` \
+             (and no `DisableForwarding yes`) in its sshd_config"
+        );
         match e {
-            russh::Error::ChannelOpenFailure(ChannelOpenFailure::ConnectFailed) => format!(
-                "the SSH server could not connect to {socket}: is Docker installed and running there, \
-                 and may `{}` use the socket (root or the `docker` group)?",
-                self.user()
-            ),
+            russh::Error::ChannelOpenFailure(ChannelOpenFailure::ConnectFailed) => {}
             russh::Error::ChannelOpenFailure(ChannelOpenFailure::AdministrativelyProhibited) => {
-                format!(
-                    "the SSH server refused to forward {socket}: it needs `AllowStreamLocalForwarding yes` \
-                     (and no `DisableForwarding`) in its sshd_config"
-                )
+                return forbidden;
             }
             russh::Error::ChannelOpenFailure(other) => {
-                format!("the SSH server could not open a channel to {socket}: {other:?}")
+                return format!("the SSH server could not open a channel to {socket}: {other:?}");
             }
-            other => format!("cannot open a channel to {socket}: {other}"),
+            other => return format!("cannot open a channel to {socket}: {other}"),
+        }
+        let q = shell_quote(socket);
+        let probe = format!(
+            "if [ ! -e {q} ]; then echo missing; elif [ ! -S {q} ]; then echo not-a-socket; \
+             elif [ ! -w {q} ]; then echo denied; else echo present; fi"
+        );
+        let user = self.user();
+        match self.exec(&probe).await.map(|o| o.stdout.trim().to_owned()) {
+            Ok(s) if s == "missing" => {
+                format!("{socket} does not exist: is Docker installed and running there?")
+            }
+            Ok(s) if s == "not-a-socket" => format!(
+                "{socket} exists but is not a unix socket: is that the Docker engine's socket?"
+            ),
+            Ok(s) if s == "denied" => format!(
+                "`{user}` may not use {socket}: log in as root or add `{user}` to the `docker` group"
+            ),
+            Ok(s) if s == "present" => forbidden,
+            _ => format!(
+                "the SSH server could not connect to {socket}: is Docker installed and running there, \
+                 may `{user}` use the socket (root or the `docker` group), and does sshd allow \
+                 forwarding (`AllowStreamLocalForwarding yes`)?"
+            ),
         }
     }
+}
+
+/// `'...'` for a POSIX shell.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 /// An error with its sources, `outer: inner: innermost`.

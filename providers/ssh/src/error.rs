@@ -61,7 +61,7 @@ pub enum SshError {
 
     /// The host is not in the configured `known_hosts_file`, so its key
     /// cannot be verified. Never accepted silently.
-    #[error("host key for {host} cannot be verified: {message} (the server presented {seen})")]
+    #[error("host key for {host} cannot be verified: {message}")]
     HostKeyUnknown {
         /// `user@address:port`.
         host: String,
@@ -72,7 +72,7 @@ pub enum SshError {
     },
 
     /// The server refused our private key.
-    #[error("authentication as {user} on {host} failed: {message}")]
+    #[error("authentication failed for {host}: {message}")]
     Auth {
         /// `user@address:port`.
         host: String,

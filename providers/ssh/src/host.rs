@@ -96,9 +96,7 @@ impl HostSpec {
             None => (DEFAULT_USER.to_owned(), rest),
         };
         let (address, port) = split_host_port(hostport).map_err(|why| {
-            SshError::spec(format!(
-                "`{trimmed}`: {why}, expected ssh://user@host:port"
-            ))
+            SshError::spec(format!("`{trimmed}`: {why}, expected ssh://user@host:port"))
         })?;
         let mut spec = HostSpec::new(address, String::new());
         spec.user = user;
@@ -134,7 +132,10 @@ impl HostSpec {
             )));
         }
         if self.user.trim().is_empty() {
-            return Err(SshError::spec(format!("{}: the `user` is empty", self.address)));
+            return Err(SshError::spec(format!(
+                "{}: the `user` is empty",
+                self.address
+            )));
         }
         Ok(())
     }
@@ -147,7 +148,10 @@ impl fmt::Debug for HostSpec {
             .field("port", &self.port)
             .field("user", &self.user)
             .field("private_key", &"<redacted>")
-            .field("passphrase", &self.passphrase.as_ref().map(|_| "<redacted>"))
+            .field(
+                "passphrase",
+                &self.passphrase.as_ref().map(|_| "<redacted>"),
+            )
             .field("host_key", &self.host_key)
             .field("known_hosts_file", &self.known_hosts_file)
             .field("timeout", &self.timeout)
@@ -197,7 +201,10 @@ mod tests {
     #[test]
     fn parses_full_url() {
         let s = HostSpec::from_url("ssh://deploy@example.com:2222").unwrap();
-        assert_eq!((s.user.as_str(), s.address.as_str(), s.port), ("deploy", "example.com", 2222));
+        assert_eq!(
+            (s.user.as_str(), s.address.as_str(), s.port),
+            ("deploy", "example.com", 2222)
+        );
         assert_eq!(s.key(), "deploy@example.com:2222");
         assert_eq!(s.timeout, DEFAULT_TIMEOUT);
     }
@@ -241,7 +248,10 @@ mod tests {
         let mut s = HostSpec::new("h", "-----BEGIN OPENSSH PRIVATE KEY-----\nsecret");
         s.passphrase = Some("hunter2".into());
         let shown = format!("{s:?}");
-        assert!(!shown.contains("secret") && !shown.contains("hunter2"), "{shown}");
+        assert!(
+            !shown.contains("secret") && !shown.contains("hunter2"),
+            "{shown}"
+        );
         assert!(shown.contains("<redacted>"));
     }
 }

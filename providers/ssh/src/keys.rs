@@ -31,8 +31,8 @@ pub fn load_private_key(text: &str, passphrase: Option<&str>) -> Result<PrivateK
             "`private_key` holds a public key: it needs the private half (the file without `.pub`)",
         ));
     }
-    let pem_encrypted =
-        text.contains("Proc-Type: 4,ENCRYPTED") || text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----");
+    let pem_encrypted = text.contains("Proc-Type: 4,ENCRYPTED")
+        || text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----");
     if pem_encrypted && passphrase.is_none() {
         return Err(encrypted_without_passphrase());
     }
@@ -103,7 +103,8 @@ fn describe_non_key(text: &str) -> String {
     if first.starts_with("ssh-") || first.starts_with("ecdsa-") || first.starts_with("sk-") {
         "`private_key` holds a public key: it needs the private half (the file without `.pub`)"
             .to_owned()
-    } else if single_line && !first.contains(' ') && (first.contains('/') || first.starts_with('~')) {
+    } else if single_line && !first.contains(' ') && (first.contains('/') || first.starts_with('~'))
+    {
         "`private_key` must be the key's text, not a path: use private_key = file(\"PATH\")"
             .to_owned()
     } else {
@@ -133,8 +134,14 @@ mod tests {
         assert!(err("  \n").contains("empty"));
         assert!(err("/home/me/.ssh/id_ed25519").contains("not a path"));
         assert!(err("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ me").contains("public key"));
-        assert!(err("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----").contains("public key"));
-        assert!(err("-----BEGIN OPENSSH PRIVATE KEY-----\n!!!!\n-----END OPENSSH PRIVATE KEY-----").contains("could not read"));
+        assert!(
+            err("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----")
+                .contains("public key")
+        );
+        assert!(
+            err("-----BEGIN OPENSSH PRIVATE KEY-----\n!!!!\n-----END OPENSSH PRIVATE KEY-----")
+                .contains("could not read")
+        );
     }
 
     #[test]

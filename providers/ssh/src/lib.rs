@@ -13,6 +13,8 @@
 //! - [`Pool`] keeps one connection per `user@address:port`, shared by every
 //!   resource on that host.
 
+#![warn(missing_docs)]
+
 mod connect;
 mod docker;
 mod error;

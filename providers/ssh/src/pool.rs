@@ -79,9 +79,6 @@ impl Pool {
     /// Drops every pooled connection (they close once no [`SshConnection`] or
     /// [`bollard::Docker`] made from them is left).
     pub fn clear(&self) {
-        self.slots
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        self.slots.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 }

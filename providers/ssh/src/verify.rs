@@ -165,7 +165,11 @@ impl HostKeyPolicy {
     /// known_hosts file, or else `recorded` (the store's fingerprint for
     /// [`store_key`](Self::store_key), read before connecting). Never accepts
     /// a key that contradicts any of them.
-    pub(crate) fn check(&self, key: &PublicKey, recorded: Option<&str>) -> Result<Verdict, SshError> {
+    pub(crate) fn check(
+        &self,
+        key: &PublicKey,
+        recorded: Option<&str>,
+    ) -> Result<Verdict, SshError> {
         let seen = fingerprint(key);
         let kind = key.algorithm().as_str().to_owned();
         let mut checked = false;
@@ -256,15 +260,12 @@ impl HostKeyPolicy {
                 ),
             }),
             Err(russh::keys::Error::KeyChanged { line }) => {
-                let expected = russh::keys::known_hosts::known_host_keys_path(
-                    &self.address,
-                    self.port,
-                    path,
-                )
-                .ok()
-                .and_then(|entries| entries.into_iter().find(|(l, _)| *l == line))
-                .map(|(_, k)| fingerprint(&k))
-                .unwrap_or_else(|| format!("the key on line {line}"));
+                let expected =
+                    russh::keys::known_hosts::known_host_keys_path(&self.address, self.port, path)
+                        .ok()
+                        .and_then(|entries| entries.into_iter().find(|(l, _)| *l == line))
+                        .map(|(_, k)| fingerprint(&k))
+                        .unwrap_or_else(|| format!("the key on line {line}"));
                 Err(self.mismatch(
                     format!("{expected} ({}:{line})", path.display()),
                     seen,
