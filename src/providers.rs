@@ -18,7 +18,10 @@ pub struct Registry {
 impl Registry {
     /// The built-in providers.
     pub fn builtin(ctx: ProviderContext) -> Self {
-        Self::new(vec![Arc::new(berth_docker::DockerProvider::new(ctx))])
+        Self::new(vec![
+            Arc::new(berth_docker::DockerProvider::new(ctx.clone())),
+            Arc::new(berth_gitlab::GitLabProvider::new(ctx)),
+        ])
     }
 
     /// A registry of `providers`.
