@@ -18,7 +18,8 @@
 //! `retry_max` times, waiting `retry_wait_min · 2^n` seconds capped at
 //! `retry_wait_max` (Terraform's go-retryablehttp policy).
 //!
-//! The document written is the one described in [`crate::remote`]: a
+//! The document written is `{"version": 1, "lineage", "serial", "resources",
+//! "outputs"}` (a [`Snapshot`] plus its format version), with a
 //! top-level integer `serial` that grows with every write, as GitLab demands.
 //! Every write is read back; it counts only once the store returns the new
 //! serial and the same lineage.
@@ -125,7 +126,10 @@ impl fmt::Debug for HttpSettings {
         f.debug_struct("HttpSettings")
             .field("address", &redact_url(&self.address))
             .field("update_method", &self.update_method)
-            .field("lock_address", &self.lock_address.as_deref().map(redact_url))
+            .field(
+                "lock_address",
+                &self.lock_address.as_deref().map(redact_url),
+            )
             .field("lock_method", &self.lock_method)
             .field(
                 "unlock_address",
@@ -196,7 +200,10 @@ impl HttpSettings {
         let unlock_address = get("unlock_address")
             .map(subst)
             .or_else(|| lock_address.clone());
-        for (name, a) in [("lock_address", &lock_address), ("unlock_address", &unlock_address)] {
+        for (name, a) in [
+            ("lock_address", &lock_address),
+            ("unlock_address", &unlock_address),
+        ] {
             if let Some(a) = a {
                 check_url(name, a)?;
             }
@@ -343,14 +350,23 @@ impl HttpBackend {
     }
 
     /// The backend with settings already resolved.
-    pub fn new(settings: HttpSettings, env: &str, key: StateKey) -> Result<HttpBackend, StateError> {
+    pub fn new(
+        settings: HttpSettings,
+        env: &str,
+        key: StateKey,
+    ) -> Result<HttpBackend, StateError> {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(30))
             .timeout(Duration::from_secs(300))
             .danger_accept_invalid_certs(settings.skip_cert_verification)
             .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| config(format!("cannot set up the HTTP client: {}", remote::error_chain(&e))))?;
+            .map_err(|e| {
+                config(format!(
+                    "cannot set up the HTTP client: {}",
+                    remote::error_chain(&e)
+                ))
+            })?;
         Ok(HttpBackend {
             store: HttpStore {
                 settings,
@@ -394,19 +410,23 @@ impl HttpBackend {
 }
 
 impl HttpStore {
+    /// `url` for messages: no user info, query, or password anywhere.
     fn whence_of(&self, url: &str) -> String {
-        redact_url(url)
+        self.scrub(redact_url(url))
+    }
+
+    fn scrub(&self, s: String) -> String {
+        match self.settings.password.as_deref() {
+            Some(p) if !p.is_empty() => s.replace(p, "<redacted>"),
+            _ => s,
+        }
     }
 
     /// An error about `url`, with the password scrubbed from the message.
     fn err(&self, url: &str, message: String) -> StateError {
-        let message = match self.settings.password.as_deref() {
-            Some(p) if !p.is_empty() => message.replace(p, "<redacted>"),
-            _ => message,
-        };
         StateError::Store {
             path: self.whence_of(url),
-            message,
+            message: self.scrub(message),
         }
     }
 
@@ -540,7 +560,11 @@ impl DocStore for HttpStore {
         if answer.body.iter().all(u8::is_ascii_whitespace) {
             return Ok(None);
         }
-        if let Some(sent) = answer.headers.get("Content-MD5").and_then(|v| v.to_str().ok()) {
+        if let Some(sent) = answer
+            .headers
+            .get("Content-MD5")
+            .and_then(|v| v.to_str().ok())
+        {
             let ours = base64::engine::general_purpose::STANDARD.encode(Md5::digest(&answer.body));
             if sent.trim() != ours {
                 return Err(StateError::Corrupt {
@@ -563,7 +587,12 @@ impl DocStore for HttpStore {
     ) -> Result<(), StateError> {
         let url = self.write_url(lock_id);
         let answer = self
-            .send(&self.settings.update_method, &url, Some(bytes.to_vec()), "write")
+            .send(
+                &self.settings.update_method,
+                &url,
+                Some(bytes.to_vec()),
+                "write",
+            )
             .await?;
         match answer.status {
             StatusCode::OK | StatusCode::CREATED | StatusCode::NO_CONTENT => Ok(()),
@@ -592,8 +621,10 @@ impl StateBackend for HttpBackend {
             self.session.begin(info, false).await;
             return Ok(());
         };
-        let body = serde_json::to_vec(&TfLockInfo::from_info(info))
-            .map_err(|e| self.store.err(address, format!("cannot encode the lock: {e}")))?;
+        let body = serde_json::to_vec(&TfLockInfo::from_info(info)).map_err(|e| {
+            self.store
+                .err(address, format!("cannot encode the lock: {e}"))
+        })?;
         let answer = self
             .store
             .send(&s.lock_method, address, Some(body), "lock")
@@ -636,8 +667,10 @@ impl StateBackend for HttpBackend {
             return Ok(());
         }
         let body = serde_json::to_vec(&TfLockInfo::from_info(&info)).map_err(|e| {
-            self.store
-                .err(self.store.url_for("unlock"), format!("cannot encode the lock: {e}"))
+            self.store.err(
+                self.store.url_for("unlock"),
+                format!("cannot encode the lock: {e}"),
+            )
         })?;
         let Some(answer) = self.send_unlock(body).await? else {
             self.session.end().await;
@@ -658,8 +691,10 @@ impl StateBackend for HttpBackend {
             ));
         }
         let body = serde_json::to_vec(&serde_json::json!({ "ID": id })).map_err(|e| {
-            self.store
-                .err(self.store.url_for("unlock"), format!("cannot encode the lock: {e}"))
+            self.store.err(
+                self.store.url_for("unlock"),
+                format!("cannot encode the lock: {e}"),
+            )
         })?;
         let Some(answer) = self.send_unlock(body).await? else {
             return Ok(());
@@ -705,7 +740,7 @@ impl StateBackend for HttpBackend {
     }
 
     fn describe(&self) -> String {
-        format!("http state at {}", redact_url(&self.store.settings.address))
+        format!("http state at {}", self.store.whence())
     }
 }
 
@@ -731,7 +766,10 @@ mod tests {
     #[test]
     fn terraform_defaults() {
         let s = HttpSettings::resolve(
-            &settings(&[("address", "http://h/state/{env}"), ("lock_address", "http://h/lock")]),
+            &settings(&[
+                ("address", "http://h/state/{env}"),
+                ("lock_address", "http://h/lock"),
+            ]),
             "review/x",
             &vars(&[]),
         )
@@ -746,7 +784,8 @@ mod tests {
         assert_eq!(s.retry_wait_max, Duration::from_secs(30));
         assert_eq!(s.username, None);
         let no_lock =
-            HttpSettings::resolve(&settings(&[("address", "http://h/s")]), "e", &vars(&[])).unwrap();
+            HttpSettings::resolve(&settings(&[("address", "http://h/s")]), "e", &vars(&[]))
+                .unwrap();
         assert_eq!(no_lock.lock_address, None);
         assert_eq!(no_lock.unlock_address, None);
     }
@@ -792,14 +831,21 @@ mod tests {
         assert!(!shown.contains("job-token-secret"), "{shown}");
 
         // Configured credentials win over the job token.
-        let own = HttpSettings::resolve(&settings(&[("username", "me"), ("password", "pat")]), "e", &ci)
-            .unwrap();
+        let own = HttpSettings::resolve(
+            &settings(&[("username", "me"), ("password", "pat")]),
+            "e",
+            &ci,
+        )
+        .unwrap();
         assert_eq!(own.username.as_deref(), Some("me"));
         assert_eq!(own.password.as_deref(), Some("pat"));
 
         // An explicit GitLab state address gets GitLab's lock defaults too.
         let explicit = HttpSettings::resolve(
-            &settings(&[("address", "https://gl/api/v4/projects/7/terraform/state/{env}")]),
+            &settings(&[(
+                "address",
+                "https://gl/api/v4/projects/7/terraform/state/{env}",
+            )]),
             "prod",
             &vars(&[]),
         )
@@ -841,7 +887,9 @@ mod tests {
             redact_url("https://u:secret@h/x?token=secret"),
             "https://h/x"
         );
-        assert!(looks_like_gitlab_state("https://g/api/v4/projects/1/terraform/state/p"));
+        assert!(looks_like_gitlab_state(
+            "https://g/api/v4/projects/1/terraform/state/p"
+        ));
         assert!(!looks_like_gitlab_state("https://g/state/p"));
     }
 }

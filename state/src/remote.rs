@@ -159,8 +159,12 @@ pub(crate) trait DocStore: Send + Sync {
 
     /// Writes `bytes` as the document, replacing `prior`; `lock_id` is the id
     /// of the remote lock this process holds, if any.
-    async fn store(&self, bytes: &[u8], prior: &Prior, lock_id: Option<&str>)
-    -> Result<(), StateError>;
+    async fn store(
+        &self,
+        bytes: &[u8],
+        prior: &Prior,
+        lock_id: Option<&str>,
+    ) -> Result<(), StateError>;
 
     /// Where the document lives, for messages.
     fn whence(&self) -> String;
@@ -219,7 +223,10 @@ impl DocSession {
     /// Reads the state (creating it with a fresh lineage at serial 0 when the
     /// store has none, so every later reader sees the same lineage) and keeps
     /// it for the writes that follow.
-    pub(crate) async fn read<S: DocStore + ?Sized>(&self, store: &S) -> Result<Snapshot, StateError> {
+    pub(crate) async fn read<S: DocStore + ?Sized>(
+        &self,
+        store: &S,
+    ) -> Result<Snapshot, StateError> {
         let mut guard = self.held.lock().await;
         let held = guard.as_mut().ok_or(StateError::NotLocked)?;
         let lock_id = held.remote.then(|| held.info.id.clone());
@@ -473,7 +480,9 @@ pub(crate) fn parse_count(kind: &str, name: &str, value: &str) -> Result<u32, St
 pub(crate) fn url_encode(s: &str, keep_slash: bool) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') || (keep_slash && b == b'/')
+        if b.is_ascii_alphanumeric()
+            || matches!(b, b'-' | b'.' | b'_' | b'~')
+            || (keep_slash && b == b'/')
         {
             out.push(char::from(b));
         } else {
@@ -550,7 +559,15 @@ mod tests {
         let info = LockInfo::new("apply", "somewhere");
         let tf = TfLockInfo::from_info(&info);
         let json = serde_json::to_value(&tf).unwrap();
-        for field in ["ID", "Operation", "Info", "Who", "Version", "Created", "Path"] {
+        for field in [
+            "ID",
+            "Operation",
+            "Info",
+            "Who",
+            "Version",
+            "Created",
+            "Path",
+        ] {
             assert!(json.get(field).is_some(), "{field}");
         }
         let back = TfLockInfo::parse(&serde_json::to_vec(&json).unwrap()).unwrap();
@@ -579,8 +596,9 @@ mod tests {
 
     #[test]
     fn unknown_settings_are_named_with_the_valid_ones() {
-        let settings: BTreeMap<String, String> =
-            [("adress".to_owned(), "x".to_owned())].into_iter().collect();
+        let settings: BTreeMap<String, String> = [("adress".to_owned(), "x".to_owned())]
+            .into_iter()
+            .collect();
         let e = check_settings("http", &settings, &["address", "username"])
             .unwrap_err()
             .to_string();

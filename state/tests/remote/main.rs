@@ -1,0 +1,13 @@
+//! The remote state backends against real components: the HTTP backend
+//! against an in-process double of GitLab's Terraform state API, the
+//! PostgreSQL backend against a server each test starts from Debian's
+//! `postgresql`, and the S3 backend against moto. Nothing is skipped: a
+//! missing PostgreSQL or moto fails the tests with a message saying how to
+//! install it (`scripts/ensure-test-deps.sh`).
+
+mod common;
+mod gitlab_fake;
+mod http;
+mod open;
+mod pg;
+mod s3;
