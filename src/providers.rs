@@ -20,7 +20,8 @@ impl Registry {
     pub fn builtin(ctx: ProviderContext) -> Self {
         Self::new(vec![
             Arc::new(berth_docker::DockerProvider::new(ctx.clone())),
-            Arc::new(berth_gitlab::GitLabProvider::new(ctx)),
+            Arc::new(berth_gitlab::GitLabProvider::new(ctx.clone())),
+            Arc::new(berth_digitalocean::DigitalOceanProvider::new(ctx)),
         ])
     }
 

@@ -2,12 +2,11 @@
 //! validated configuration, its graph, the providers, and the locked state.
 //! Opening a session takes the state lock; closing it releases the lock.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use berth_provider::{Ownership, ProviderContext};
-use berth_state::sled_backend::SledBackend;
 use berth_state::{LockInfo, Snapshot, StateBackend};
 
 use crate::config::eval::Scope;
@@ -27,6 +26,8 @@ pub struct Target {
     pub env: String,
     /// Variable inputs.
     pub vars: VarInputs,
+    /// `--backend-config KEY=VALUE` settings, over the file's `backend` block.
+    pub backend_config: Vec<String>,
 }
 
 impl Target {
@@ -121,7 +122,8 @@ pub struct Session {
 impl Session {
     /// Locks the state of `target`'s environment and reads it.
     pub async fn open(target: &Target, loaded: Loaded, operation: &str) -> Result<Self, Error> {
-        let backend: Arc<dyn StateBackend> = Arc::new(open_backend(target)?);
+        let choice = backend_choice(target, Some(&loaded.config), &loaded.scope)?;
+        let backend = open_backend(target, &choice).await?;
         let info = LockInfo::new(operation, &backend.describe());
         backend.lock(&info).await?;
         let snapshot = match backend.read().await {
@@ -196,7 +198,85 @@ impl Session {
     }
 }
 
+/// Which store holds the state, and its settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendChoice {
+    /// `local`, `http`, `pg` or `s3`.
+    pub kind: String,
+    /// Settings, as text.
+    pub settings: BTreeMap<String, String>,
+}
+
+/// The backend of `config` (its `backend` block evaluated in `scope`) with
+/// `--backend-config` over it; `local` without a block.
+pub fn backend_choice(
+    target: &Target,
+    config: Option<&Config>,
+    scope: &Scope,
+) -> Result<BackendChoice, Error> {
+    let mut choice = BackendChoice {
+        kind: "local".to_owned(),
+        settings: BTreeMap::new(),
+    };
+    if let Some(config) = config
+        && let Some(block) = &config.backend
+    {
+        choice.kind = block.kind.clone();
+        let values = scope
+            .eval_untyped(config, &block.body)
+            .map_err(Error::Config)?;
+        for (k, v) in values {
+            let text = match v {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            choice.settings.insert(k, text);
+        }
+    }
+    for raw in &target.backend_config {
+        let Some((k, v)) = raw.split_once('=') else {
+            return Err(Error::Refused(format!(
+                "`--backend-config {raw}` must be KEY=VALUE"
+            )));
+        };
+        choice.settings.insert(k.trim().to_owned(), v.to_owned());
+    }
+    Ok(choice)
+}
+
+/// The backend of `target` for commands that do not need the whole
+/// configuration (`state`, `output`, `force-unlock`, `env list`): the file's
+/// `backend` block if the file exists, else `local`.
+pub fn target_backend(target: &Target) -> Result<BackendChoice, Error> {
+    if !target.file.exists() {
+        return backend_choice(target, None, &Scope::new(&target.env));
+    }
+    let config = config::load(&target.file)?;
+    let mut scope = Scope::new(&target.env);
+    if config.backend.is_some() {
+        config::vars::resolve(&config, &target.vars, &mut scope)?;
+    }
+    backend_choice(target, Some(&config), &scope)
+}
+
 /// Opens the state store of `target` without locking it.
-pub fn open_backend(target: &Target) -> Result<SledBackend, Error> {
-    Ok(SledBackend::open(&target.state_dir(), &target.env)?)
+pub async fn open_backend(
+    target: &Target,
+    choice: &BackendChoice,
+) -> Result<Arc<dyn StateBackend>, Error> {
+    if choice.kind != "local" && std::env::var_os("BERTH_STATE_KEY").is_none() {
+        eprintln!(
+            "Warning: the `{}` backend is shared, but BERTH_STATE_KEY is not set: this machine's own key in {} will hash secrets, so other machines will see every sensitive value as changed. Set BERTH_STATE_KEY (e.g. a masked CI/CD variable).",
+            choice.kind,
+            target.state_dir().join("state.key").display()
+        );
+    }
+    let backend = berth_state::open_backend(
+        &choice.kind,
+        &choice.settings,
+        &target.env,
+        &target.state_dir(),
+    )
+    .await?;
+    Ok(Arc::from(backend))
 }

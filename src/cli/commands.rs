@@ -3,8 +3,6 @@
 use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
 
-use berth_state::StateBackend;
-
 use super::{
     ApplyArgs, Cli, Command, DestroyArgs, FmtArgs, OutputArgs, PlanArgs, ShowArgs, StateCommand,
     planfile,
@@ -30,6 +28,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::ForceUnlock(args) => cmd_force_unlock(&cli, &args.id).await,
         Command::Env(super::EnvCommand::List) => cmd_env_list(&cli).await,
         Command::Check(vars) => cmd_check(&cli, vars).await,
+        Command::Init(args) => cmd_init(&cli, args).await,
     };
     let json = match &cli.command {
         Command::Plan(args) => args.json,
@@ -377,7 +376,7 @@ fn print_outputs(ui: &Ui, outputs: &std::collections::BTreeMap<String, berth_sta
 
 /// Reads the state with the lock held briefly.
 async fn read_state(target: &Target, operation: &str) -> Result<berth_state::Snapshot, Error> {
-    let backend = session::open_backend(target)?;
+    let backend = session::open_backend(target, &session::target_backend(target)?).await?;
     let info = berth_state::LockInfo::new(operation, &backend.describe());
     backend.lock(&info).await?;
     let snapshot = backend.read().await;
@@ -495,8 +494,77 @@ async fn cmd_state(cli: &Cli, cmd: &StateCommand) -> Result<ExitCode, Error> {
             };
             print!("{}", show_record(address, record));
         }
+        StateCommand::Pull => {
+            let snapshot = read_state(&target, "state pull").await?;
+            let document = serde_json::json!({
+                "version": 1,
+                "lineage": snapshot.lineage,
+                "serial": snapshot.serial,
+                "resources": snapshot.resources,
+                "outputs": snapshot.outputs,
+            });
+            let text = serde_json::to_string_pretty(&document)
+                .map_err(|e| Error::Refused(e.to_string()))?;
+            println!("{text}");
+        }
+        StateCommand::Push {
+            document: file,
+            force,
+        } => {
+            let io = |e: std::io::Error| Error::Io {
+                path: file.display().to_string(),
+                message: e.to_string(),
+            };
+            let bytes = if file.as_os_str() == "-" {
+                let mut buf = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf).map_err(io)?;
+                buf
+            } else {
+                std::fs::read(file).map_err(io)?
+            };
+            let incoming: berth_state::Snapshot =
+                serde_json::from_slice::<serde_json::Value>(&bytes)
+                    .ok()
+                    .filter(|v| v.get("version") == Some(&serde_json::json!(1)))
+                    .and_then(|v| serde_json::from_value(v).ok())
+                    .ok_or_else(|| Error::Io {
+                        path: file.display().to_string(),
+                        message:
+                            "not a berth state document (version 1) as `berth state pull` writes"
+                                .to_owned(),
+                    })?;
+            let backend =
+                session::open_backend(&target, &session::target_backend(&target)?).await?;
+            let info = berth_state::LockInfo::new("state push", &backend.describe());
+            backend.lock(&info).await?;
+            let result = async {
+                let current = backend.read().await?;
+                if !force && !current.resources.is_empty() && current.lineage != incoming.lineage {
+                    return Err(Error::Refused(format!(
+                        "the document's lineage `{}` differs from the state's `{}`; pass --force to replace it anyway",
+                        incoming.lineage, current.lineage
+                    )));
+                }
+                if !force && incoming.serial < current.serial {
+                    return Err(Error::Refused(format!(
+                        "the document's serial {} is older than the state's {}; pass --force to replace it anyway",
+                        incoming.serial, current.serial
+                    )));
+                }
+                Ok(backend.replace_all(&incoming).await?)
+            }
+            .await;
+            backend.unlock(&info.id).await?;
+            let serial = result?;
+            println!(
+                "Pushed {} resources to `{}` (serial {serial}).",
+                incoming.resources.len(),
+                target.env
+            );
+        }
         StateCommand::Rm { address } => {
-            let backend = session::open_backend(&target)?;
+            let backend =
+                session::open_backend(&target, &session::target_backend(&target)?).await?;
             let info = berth_state::LockInfo::new("state rm", &backend.describe());
             backend.lock(&info).await?;
             let result = async {
@@ -578,7 +646,7 @@ fn cmd_graph(cli: &Cli) -> Result<ExitCode, Error> {
 
 async fn cmd_force_unlock(cli: &Cli, id: &str) -> Result<ExitCode, Error> {
     let target = cli.target(&Default::default());
-    let backend = session::open_backend(&target)?;
+    let backend = session::open_backend(&target, &session::target_backend(&target)?).await?;
     backend.force_unlock(id).await?;
     println!("The lock `{id}` of `{}` was removed.", target.env);
     Ok(ExitCode::SUCCESS)
@@ -602,10 +670,10 @@ fn write_gitlab_report(path: &std::path::Path, plan: &Plan) -> Result<(), Error>
 
 async fn cmd_env_list(cli: &Cli) -> Result<ExitCode, Error> {
     let target = cli.target(&Default::default());
-    let dir = target.state_dir();
-    let envs = berth_state::sled_backend::SledBackend::list_envs(&dir)?;
+    let choice = session::target_backend(&target)?;
+    let envs = berth_state::list_envs(&choice.kind, &choice.settings, &target.state_dir()).await?;
     if envs.is_empty() {
-        println!("No environments in {}.", dir.display());
+        println!("No environments in the `{}` backend.", choice.kind);
     }
     for env in envs {
         let mut t = target.clone();
@@ -617,6 +685,79 @@ async fn cmd_env_list(cli: &Cli) -> Result<ExitCode, Error> {
             }
             Err(e) => return Err(e),
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn cmd_init(cli: &Cli, args: &super::InitArgs) -> Result<ExitCode, Error> {
+    let target = cli.target(&args.vars);
+    let to = session::target_backend(&target)?;
+    if !args.migrate_state {
+        println!("berth is ready: state lives in the `{}` backend.", to.kind);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut from_target = target.clone();
+    from_target.backend_config = Vec::new();
+    let mut from = session::BackendChoice {
+        kind: args.from_backend.clone(),
+        settings: Default::default(),
+    };
+    for raw in &args.from_backend_config {
+        let Some((k, v)) = raw.split_once('=') else {
+            return Err(Error::Refused(format!(
+                "`--from-backend-config {raw}` must be KEY=VALUE"
+            )));
+        };
+        from.settings.insert(k.to_owned(), v.to_owned());
+    }
+    if from == to {
+        return Err(Error::Refused(
+            "the source and target backends are the same".to_owned(),
+        ));
+    }
+    let envs = match berth_state::list_envs(&from.kind, &from.settings, &target.state_dir()).await {
+        Ok(envs) => envs,
+        // A backend that cannot list (http) migrates the selected environment.
+        Err(_) => vec![target.env.clone()],
+    };
+    for env in envs {
+        let mut source_target = from_target.clone();
+        source_target.env = env.clone();
+        let mut dest_target = target.clone();
+        dest_target.env = env.clone();
+        let source = session::open_backend(&source_target, &from).await?;
+        let dest = session::open_backend(&dest_target, &to).await?;
+        let source_lock = berth_state::LockInfo::new("init -migrate-state", &source.describe());
+        source.lock(&source_lock).await?;
+        let dest_lock = berth_state::LockInfo::new("init -migrate-state", &dest.describe());
+        if let Err(e) = dest.lock(&dest_lock).await {
+            let _ = source.unlock(&source_lock.id).await;
+            return Err(e.into());
+        }
+        let result = async {
+            let snapshot = source.read().await?;
+            let existing = dest.read().await?;
+            if !existing.resources.is_empty() && existing.lineage != snapshot.lineage {
+                return Err(Error::Refused(format!(
+                    "environment `{env}` already has a different state in the `{}` backend; not overwriting it",
+                    to.kind
+                )));
+            }
+            dest.replace_all(&snapshot).await?;
+            let written = dest.read().await?;
+            if written.lineage != snapshot.lineage || written.resources != snapshot.resources || written.outputs != snapshot.outputs {
+                return Err(Error::Refused(format!("environment `{env}`: the copy does not read back the same; the source is untouched")));
+            }
+            Ok(snapshot.resources.len())
+        }
+        .await;
+        let _ = dest.unlock(&dest_lock.id).await;
+        let _ = source.unlock(&source_lock.id).await;
+        let count = result?;
+        println!(
+            "Migrated `{env}`: {count} resources from `{}` to `{}`.",
+            from.kind, to.kind
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

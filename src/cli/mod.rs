@@ -39,6 +39,10 @@ pub struct Cli {
     /// compatibility with scripts that pass it).
     #[arg(long, global = true)]
     pub no_color: bool,
+    /// A state backend setting, KEY=VALUE, over the file's `backend` block
+    /// (repeatable).
+    #[arg(long = "backend-config", global = true, value_name = "KEY=VALUE")]
+    pub backend_config: Vec<String>,
     /// Show provider progress details and logs on stderr (`-vv` for debug logs).
     #[arg(short = 'v', long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -71,6 +75,9 @@ pub enum Command {
     Graph,
     /// Remove a lock left behind by a killed process.
     ForceUnlock(ForceUnlockArgs),
+    /// Prepare the working directory; with `--migrate-state`, copy every
+    /// environment's state from another backend into the configured one.
+    Init(InitArgs),
     /// Run the file's `check` blocks against what is deployed.
     Check(VarArgs),
     /// Environments (state namespaces).
@@ -190,6 +197,34 @@ pub enum StateCommand {
         /// The resource address.
         address: String,
     },
+    /// Print the environment's state as JSON (secrets stay hashed).
+    Pull,
+    /// Replace the environment's state with a document from `state pull`.
+    Push {
+        /// The document, or `-` for standard input.
+        #[arg(value_name = "FILE")]
+        document: PathBuf,
+        /// Push even if the lineage differs or the serial is older.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// `berth init`.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Copy state from `--from-backend` into the configured backend.
+    #[arg(long)]
+    pub migrate_state: bool,
+    /// The backend to copy from (default `local`, the `.berth/` store).
+    #[arg(long, default_value = "local")]
+    pub from_backend: String,
+    /// A setting of the backend to copy from, KEY=VALUE (repeatable).
+    #[arg(long = "from-backend-config", value_name = "KEY=VALUE")]
+    pub from_backend_config: Vec<String>,
+    /// Variables.
+    #[command(flatten)]
+    pub vars: VarArgs,
 }
 
 /// `berth fmt`.
@@ -296,6 +331,7 @@ impl Cli {
                 vars: vars.vars.clone(),
                 var_files: vars.var_files.clone(),
             },
+            backend_config: self.backend_config.clone(),
         }
     }
 

@@ -195,6 +195,17 @@ pub struct Check {
     pub body: Body,
 }
 
+/// A `backend "KIND" { ... }` block (also accepted inside `terraform { }`).
+#[derive(Clone, Debug)]
+pub struct BackendBlock {
+    /// `local`, `http`, `pg` or `s3`.
+    pub kind: String,
+    /// Span of the block header.
+    pub span: Range<usize>,
+    /// The settings.
+    pub body: Body,
+}
+
 /// A whole configuration file.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -214,6 +225,8 @@ pub struct Config {
     pub outputs: Vec<Output>,
     /// Checks.
     pub checks: Vec<Check>,
+    /// Where state lives, if not in `.berth/`.
+    pub backend: Option<BackendBlock>,
 }
 
 impl Config {

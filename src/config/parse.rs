@@ -12,8 +12,8 @@ use hcl_edit::Span;
 use hcl_edit::structure::{self, Structure};
 
 use super::{
-    Attr, Block, Body, Check, Config, Expr, Lifecycle, Local, Output, ProviderBlock, Resource,
-    Validation, Variable, functions, refs,
+    Attr, BackendBlock, Block, Body, Check, Config, Expr, Lifecycle, Local, Output, ProviderBlock,
+    Resource, Validation, Variable, functions, refs,
 };
 use crate::diag::{Diagnostic, Diagnostics, SourceFile, closest};
 
@@ -53,6 +53,7 @@ pub fn parse(source: Arc<SourceFile>, base_dir: PathBuf) -> Result<Config, Diagn
         resources: Vec::new(),
         outputs: Vec::new(),
         checks: Vec::new(),
+        backend: None,
     };
     let mut seen: HashSet<String> = HashSet::new();
     for structure in body.iter() {
@@ -241,14 +242,29 @@ impl Parser {
                     body,
                 });
             }
-            "terraform" | "backend" => {
-                // Accepted for compatibility; backends other than the local
-                // one are not supported yet.
-                self.diags.push(
-                    self.error(span, format!("`{kind}` blocks are not supported yet"))
-                        .with_help("state is kept in `.berth/` beside the file")
-                        .warning(),
-                );
+            "backend" => self.backend(block, config),
+            "terraform" => {
+                let _ = self.labels(block, &[]);
+                for inner in block.body.iter() {
+                    match inner {
+                        Structure::Block(b) if b.ident.as_str() == "backend" => {
+                            self.backend(b, config)
+                        }
+                        Structure::Block(b) if b.ident.as_str() == "required_providers" => {}
+                        Structure::Attribute(a) if a.key.as_str() == "required_version" => {}
+                        other => {
+                            let span = match other {
+                                Structure::Block(b) => b.ident.span(),
+                                Structure::Attribute(a) => a.key.span(),
+                            }
+                            .unwrap_or(span.clone());
+                            self.diags.push(
+                                self.error(span, "unsupported entry in `terraform`")
+                                    .with_help("berth reads only `backend \"KIND\" { ... }` here"),
+                            );
+                        }
+                    }
+                }
             }
             other => {
                 let mut d = self.error(
@@ -264,6 +280,33 @@ impl Parser {
                 self.diags.push(d);
             }
         }
+    }
+
+    fn backend(&mut self, block: &structure::Block, config: &mut Config) {
+        let span = Self::header_span(block);
+        let Some(labels) = self.labels(block, &["KIND"]) else {
+            return;
+        };
+        if config.backend.is_some() {
+            self.diags
+                .push(self.error(span, "only one `backend` block is allowed"));
+            return;
+        }
+        let kind = labels[0].clone();
+        if !berth_state::BACKEND_KINDS.contains(&kind.as_str()) {
+            let mut d = self.error(span, format!("unknown backend `{kind}`"));
+            d = match closest(&kind, berth_state::BACKEND_KINDS.iter().copied()) {
+                Some(best) => d.with_help(format!("did you mean `{best}`?")),
+                None => d.with_help(format!(
+                    "backends: {}",
+                    berth_state::BACKEND_KINDS.join(", ")
+                )),
+            };
+            self.diags.push(d);
+            return;
+        }
+        let body = self.body(&block.body);
+        config.backend = Some(BackendBlock { kind, span, body });
     }
 
     fn variable(&mut self, name: String, span: Range<usize>, body: &structure::Body) -> Variable {

@@ -735,6 +735,12 @@ impl StateBackend for HttpBackend {
             .await
     }
 
+    async fn replace_all(&self, snapshot: &Snapshot) -> Result<u64, StateError> {
+        self.session
+            .write(&self.store, Change::Replace(snapshot))
+            .await
+    }
+
     fn key(&self) -> &StateKey {
         &self.key
     }

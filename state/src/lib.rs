@@ -156,6 +156,11 @@ pub trait StateBackend: Send + Sync {
         outputs: &BTreeMap<String, OutputRecord>,
     ) -> Result<u64, StateError>;
 
+    /// Replaces the whole state with `snapshot` in one write (`state push`,
+    /// migration between backends): its lineage, resources and outputs. The
+    /// serial becomes one more than the larger of the two. Requires the lock.
+    async fn replace_all(&self, snapshot: &Snapshot) -> Result<u64, StateError>;
+
     /// The key that hashes this state's secrets.
     fn key(&self) -> &StateKey;
 

@@ -646,6 +646,10 @@ impl StateBackend for PgBackend {
         self.write(Change::Outputs(outputs)).await
     }
 
+    async fn replace_all(&self, snapshot: &Snapshot) -> Result<u64, StateError> {
+        self.write(Change::Replace(snapshot)).await
+    }
+
     fn key(&self) -> &StateKey {
         &self.key
     }

@@ -106,6 +106,7 @@ pub(crate) enum Change<'a> {
     Put(&'a str, &'a ResourceRecord),
     Remove(&'a str),
     Outputs(&'a BTreeMap<String, OutputRecord>),
+    Replace(&'a Snapshot),
 }
 
 impl Change<'_> {
@@ -121,14 +122,20 @@ impl Change<'_> {
                 next.resources.remove(*address);
             }
             Change::Outputs(outputs) => next.outputs = (*outputs).clone(),
+            Change::Replace(whole) => {
+                next.lineage = whole.lineage.clone();
+                next.resources = whole.resources.clone();
+                next.outputs = whole.outputs.clone();
+            }
         }
-        next.serial = snapshot
-            .serial
-            .checked_add(1)
-            .ok_or_else(|| StateError::Corrupt {
-                key: "serial".to_owned(),
-                message: "the serial is at its maximum".to_owned(),
-            })?;
+        let base = match self {
+            Change::Replace(whole) => snapshot.serial.max(whole.serial),
+            _ => snapshot.serial,
+        };
+        next.serial = base.checked_add(1).ok_or_else(|| StateError::Corrupt {
+            key: "serial".to_owned(),
+            message: "the serial is at its maximum".to_owned(),
+        })?;
         Ok(next)
     }
 }

@@ -379,6 +379,45 @@ impl StateBackend for SledBackend {
         self.write(batch)
     }
 
+    async fn replace_all(&self, snapshot: &Snapshot) -> Result<u64, StateError> {
+        let path = self.db_path();
+        let mut batch = sled::Batch::default();
+        let existing: Vec<sled::IVec> = self.with_db(|db| {
+            db.scan_prefix(RES_PREFIX.as_bytes())
+                .keys()
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| self.sled_err("cannot read", e))
+        })?;
+        for key in existing {
+            batch.remove(key);
+        }
+        for (address, record) in &snapshot.resources {
+            let value = serde_json::to_vec(record)
+                .map_err(|e| store_err(&path, format!("cannot encode `{address}`: {e}")))?;
+            batch.insert(format!("{RES_PREFIX}{address}").as_bytes(), value);
+        }
+        let outputs = serde_json::to_vec(&snapshot.outputs)
+            .map_err(|e| store_err(&path, format!("cannot encode the outputs: {e}")))?;
+        batch.insert(OUTPUTS, outputs);
+        batch.insert(LINEAGE, snapshot.lineage.as_bytes());
+        // The serial must not go backwards: start from the larger one.
+        let current = self.with_db(|db| read_serial(db, |e| self.sled_err("cannot read", e)))?;
+        if snapshot.serial > current {
+            batch.insert(SERIAL, &snapshot.serial.to_be_bytes());
+        }
+        // `write` bumps whatever serial the batch leaves by one; apply the
+        // serial first when it must move forward.
+        if snapshot.serial > current {
+            let mut first = sled::Batch::default();
+            first.insert(SERIAL, &snapshot.serial.to_be_bytes());
+            self.with_db(|db| {
+                db.apply_batch(first)
+                    .map_err(|e| self.sled_err("cannot write", e))
+            })?;
+        }
+        self.write(batch)
+    }
+
     fn key(&self) -> &StateKey {
         &self.key
     }

@@ -21,10 +21,17 @@ resource "docker_network" "app" {
 "#;
 
 fn networks(label: &str) -> Vec<String> {
-    let mut names: Vec<String> = docker(&["network", "ls", "--filter", &format!("label={label}"), "--format", "{{.Name}}"])
-        .lines()
-        .map(str::to_owned)
-        .collect();
+    let mut names: Vec<String> = docker(&[
+        "network",
+        "ls",
+        "--filter",
+        &format!("label={label}"),
+        "--format",
+        "{{.Name}}",
+    ])
+    .lines()
+    .map(str::to_owned)
+    .collect();
     names.sort();
     names
 }
@@ -34,17 +41,35 @@ fn environments_are_separate_namespaces() {
     let t = TestEnv::new("envs");
     let review = format!("{}-review/feat-x", t.env);
     let staging = format!("{}-staging", t.env);
-    let _c1 = DockerCleanup { env: review.clone() };
-    let _c2 = DockerCleanup { env: staging.clone() };
+    let _c1 = DockerCleanup {
+        env: review.clone(),
+    };
+    let _c2 = DockerCleanup {
+        env: staging.clone(),
+    };
     t.write_config(CONFIG);
     t.run(&["--env", &review, "apply", "--auto-approve"]).ok();
     t.run(&["--env", &staging, "apply", "--auto-approve"]).ok();
-    assert_eq!(networks(&format!("berth.env={review}")), vec![format!("berth-it-{review}")]);
-    assert_eq!(networks(&format!("berth.env={staging}")), vec![format!("berth-it-{staging}")]);
+    assert_eq!(
+        networks(&format!("berth.env={review}")),
+        vec![format!("berth-it-{review}")]
+    );
+    assert_eq!(
+        networks(&format!("berth.env={staging}")),
+        vec![format!("berth-it-{staging}")]
+    );
 
     let list = t.run(&["env", "list"]).ok();
-    assert!(list.stdout.contains(&format!("{review}\t1 resources")), "{}", list.stdout);
-    assert!(list.stdout.contains(&format!("{staging}\t1 resources")), "{}", list.stdout);
+    assert!(
+        list.stdout.contains(&format!("{review}\t1 resources")),
+        "{}",
+        list.stdout
+    );
+    assert!(
+        list.stdout.contains(&format!("{staging}\t1 resources")),
+        "{}",
+        list.stdout
+    );
 
     // Destroying the review environment leaves staging alone.
     t.run(&["--env", &review, "destroy", "--auto-approve"]).ok();
@@ -61,7 +86,8 @@ fn environments_are_separate_namespaces() {
         .output()
         .expect("run");
     assert!(String::from_utf8_lossy(&run.stdout).contains("docker_network.app"));
-    t.run(&["--env", &staging, "destroy", "--auto-approve"]).ok();
+    t.run(&["--env", &staging, "destroy", "--auto-approve"])
+        .ok();
 }
 
 #[test]
@@ -72,7 +98,11 @@ fn a_saved_plan_applies_exactly_and_a_stale_one_is_refused() {
     t.run(&["plan", "--out", "first.plan"]).ok();
     t.run(&["plan", "--out", "second.plan"]).ok();
     let shown = t.run(&["show", "first.plan"]).ok();
-    assert!(shown.stdout.contains("docker_network.app will be created"), "{}", shown.stdout);
+    assert!(
+        shown.stdout.contains("docker_network.app will be created"),
+        "{}",
+        shown.stdout
+    );
 
     let run = t.run(&["apply", "first.plan"]).ok();
     assert!(run.stdout.contains("1 added"), "{}", run.stdout);
@@ -82,20 +112,36 @@ fn a_saved_plan_applies_exactly_and_a_stale_one_is_refused() {
     assert!(run.stderr.contains("serial"), "{}", run.stderr);
 
     // A plan made, then the file edited: refused.
-    t.run(&["plan", "--var", "size=2", "--out", "third.plan"]).ok();
+    t.run(&["plan", "--var", "size=2", "--out", "third.plan"])
+        .ok();
     t.write_config(&CONFIG.replace("default = 1", "default = 5"));
     let run = t.run(&["apply", "third.plan"]).failed();
-    assert!(run.stderr.contains("changed since it was made"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("changed since it was made"),
+        "{}",
+        run.stderr
+    );
     t.write_config(CONFIG);
     // The saved -var is used again at apply.
-    t.run(&["plan", "--var", "size=2", "--out", "fourth.plan"]).ok();
+    t.run(&["plan", "--var", "size=2", "--out", "fourth.plan"])
+        .ok();
     t.run(&["apply", "fourth.plan"]).ok();
-    let label = docker(&["network", "inspect", "-f", "{{index .Labels \"size\"}}", &format!("berth-it-{}", t.env)]);
+    let label = docker(&[
+        "network",
+        "inspect",
+        "-f",
+        "{{index .Labels \"size\"}}",
+        &format!("berth-it-{}", t.env),
+    ]);
     assert_eq!(label.trim(), "2");
 
     let garbage = t.path().join("garbage.plan");
     std::fs::write(&garbage, b"\x00\x01 not a plan").expect("write");
     let run = t.run(&["apply", "garbage.plan"]).failed();
-    assert!(run.stderr.contains("not a berth plan file"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("not a berth plan file"),
+        "{}",
+        run.stderr
+    );
     t.run(&["destroy", "--auto-approve"]).ok();
 }

@@ -7,7 +7,9 @@ mod cli;
 mod diagnostics;
 mod docker;
 mod environments;
+mod gitlab;
 mod plan_output;
+mod remote_state;
 mod secrets;
 mod state_lock;
 
