@@ -133,8 +133,62 @@ impl Plan {
 /// Observed objects by address, for each resource type refreshed.
 pub type Refreshed = BTreeMap<String, Observed>;
 
+/// Gives every provider what is known of its resources before refresh:
+/// each body evaluated with the values state holds (what depends on
+/// something not in state is left out), and the recorded attributes.
+fn hint_providers(session: &Session) {
+    let loaded = &session.loaded;
+    let config = &loaded.config;
+    let mut scope = loaded.scope.clone();
+    for node in &loaded.graph.order {
+        if let Some(name) = node.strip_prefix("local.") {
+            if let Some(local) = config.locals.iter().find(|l| l.name == name) {
+                let value = scope.eval(config, &local.value).unwrap_or(PValue::Unknown);
+                scope.set_local(name, value, false);
+            }
+            continue;
+        }
+        let record = session.snapshot.resources.get(node);
+        scope.set_resource(node, record.map(|r| &r.attrs), &[], &BTreeSet::new());
+        let (Some(resource), Some(provider)) = (
+            config.resource(node),
+            config
+                .resource(node)
+                .and_then(|r| loaded.registry.provider_for(&r.type_name)),
+        ) else {
+            continue;
+        };
+        let Some(schema) = loaded.registry.schema(&resource.type_name) else {
+            continue;
+        };
+        let known: Option<Attrs> = scope
+            .eval_body(config, &resource.body, schema)
+            .ok()
+            .map(|e| {
+                e.attrs
+                    .into_iter()
+                    .filter_map(|(k, v)| v.known().cloned().map(|v| (k, v)))
+                    .collect()
+            });
+        provider.hint(
+            &resource.type_name,
+            node,
+            known.as_ref(),
+            record.map(|r| &r.attrs),
+        );
+    }
+    for (address, record) in &session.snapshot.resources {
+        if config.resource(address).is_none()
+            && let Some(provider) = loaded.registry.provider_for(&record.type_name)
+        {
+            provider.hint(&record.type_name, address, None, Some(&record.attrs));
+        }
+    }
+}
+
 /// Lists every object of every type in use, one call per type, concurrently.
 pub async fn refresh(session: &Session) -> Result<Refreshed, Error> {
+    hint_providers(session);
     let registry = &session.loaded.registry;
     let types: BTreeSet<&str> = session
         .loaded

@@ -177,6 +177,21 @@ pub trait Provider: Send + Sync {
         Ok(())
     }
 
+    /// Tells the provider, before [`Provider::refresh`], what is known of one
+    /// resource: its configuration as far as it can be evaluated from state
+    /// (unknown attributes left out; sensitive values in plain text), and
+    /// its recorded attributes. Providers whose objects live in several
+    /// places (Docker hosts reached over SSH) learn here where to look.
+    fn hint(
+        &self,
+        type_name: &str,
+        address: &str,
+        config: Option<&Attrs>,
+        recorded: Option<&Attrs>,
+    ) {
+        let _ = (type_name, address, config, recorded);
+    }
+
     /// Lists every object of `type_name` that carries `owner`'s labels, with
     /// as few API calls as the remote allows (one list call where possible).
     /// `recorded` holds the (address, id) pairs state has for the type, so a
