@@ -82,7 +82,7 @@ pub async fn apply(
     let parallelism = parallelism.max(1);
 
     loop {
-        while running.len() < parallelism {
+        while running.len() < parallelism && !crate::interrupt::requested() {
             let Some(i) = ready.pop() else { break };
             let op = &ops[i];
             let change = op.change.map(|c| &plan.changes[c]);
@@ -132,6 +132,13 @@ pub async fn apply(
     }
     drop(running);
     let skipped = status.iter().filter(|s| **s == Status::Skipped).count();
+    let not_started = status.iter().filter(|s| **s == Status::Pending).count();
+    if not_started > 0 && crate::interrupt::requested() {
+        return Err(Error::Interrupted {
+            done: status.iter().filter(|s| **s == Status::Done).count(),
+            not_started,
+        });
+    }
 
     let scope = scope
         .into_inner()
@@ -604,13 +611,22 @@ fn elapsed(started: Instant) -> String {
     }
 }
 
-/// Runs `fut`, printing "Still creating... [10s elapsed]" every ten seconds.
+/// Runs `fut` with a live line on a terminal, or else printing
+/// "Still creating... [10s elapsed]" every ten seconds.
 async fn with_ticker<T>(
     fut: impl std::future::Future<Output = T>,
     ui: &Ui,
     address: &str,
     verb: &str,
 ) -> T {
+    if ui.live() {
+        let mut title = verb.to_owned();
+        if let Some(first) = title.get_mut(..1) {
+            first.make_ascii_uppercase();
+        }
+        let _step = ui.step(&format!("{address}: {title}..."));
+        return fut.await;
+    }
     let started = Instant::now();
     let mut fut = std::pin::pin!(fut);
     let mut ticker = tokio::time::interval_at(

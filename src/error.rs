@@ -35,6 +35,16 @@ pub enum Error {
         /// How many were skipped because something they depend on failed.
         skipped: usize,
     },
+    /// A signal stopped the apply between steps.
+    #[error(
+        "interrupted: {done} step(s) finished and were recorded, {not_started} were not started; run the command again to finish"
+    )]
+    Interrupted {
+        /// Steps finished and recorded.
+        done: usize,
+        /// Steps never started.
+        not_started: usize,
+    },
     /// A local file could not be read or written.
     #[error("{path}: {message}")]
     Io {

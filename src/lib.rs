@@ -14,6 +14,7 @@ pub mod diag;
 pub mod error;
 pub mod fmt;
 pub mod graph;
+pub mod interrupt;
 pub mod plan;
 pub mod providers;
 pub mod session;

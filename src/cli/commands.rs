@@ -15,6 +15,7 @@ use crate::ui::Ui;
 
 /// Dispatches to the command.
 pub async fn run(cli: Cli) -> ExitCode {
+    crate::interrupt::install();
     let result = match &cli.command {
         Command::Validate(vars) => validate(&cli, &cli.target(vars)),
         Command::Plan(args) => cmd_plan(&cli, args).await,
@@ -293,6 +294,9 @@ async fn converge(
         };
         if !confirm(ui, &question, auto_approve)? {
             return Err(Error::Refused(format!("{operation} cancelled")));
+        }
+        if crate::interrupt::requested() {
+            return Err(Error::Refused(format!("{operation} interrupted before any change")));
         }
         let outcome = crate::apply::apply(session, &plan, scope, parallelism, ui).await?;
         let (add, change, destroyed) = outcome.counts;

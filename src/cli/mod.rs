@@ -336,9 +336,6 @@ impl Cli {
     }
 
     fn ui(&self, json: bool) -> Ui {
-        Ui {
-            json,
-            verbose: self.verbose > 0,
-        }
+        Ui::new(json, self.verbose > 0)
     }
 }

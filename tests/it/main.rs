@@ -8,6 +8,7 @@ mod diagnostics;
 mod docker;
 mod environments;
 mod gitlab;
+mod pipeline;
 mod plan_output;
 mod remote_state;
 mod secrets;

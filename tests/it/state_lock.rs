@@ -108,3 +108,97 @@ resource "docker_image" "app" {
     t.run(&["destroy", "--auto-approve"]).ok();
     assert!(crate::common::containers_with(&format!("berth.env={}", t.env)).is_empty());
 }
+
+#[test]
+fn sigterm_lets_running_steps_finish_records_them_and_releases_the_lock() {
+    use std::io::{BufRead, BufReader};
+    let t = TestEnv::new("sigterm");
+    let _cleanup = DockerCleanup { env: t.env.clone() };
+    write_demo_context(&t);
+    // `web` takes a few seconds (it waits for health); `after` depends on it.
+    t.write_config(
+        r#"
+resource "docker_image" "app" {
+  name = "berth-it-${berth.env}:latest"
+  build {
+    context = "app"
+  }
+}
+
+resource "docker_container" "web" {
+  name  = "berth-it-${berth.env}-web"
+  image = docker_image.app.image_id
+  wait  = true
+  healthcheck {
+    test         = ["CMD", "/demo-app", "healthcheck"]
+    interval     = "1s"
+    start_period = "2s"
+    retries      = 30
+  }
+}
+
+resource "docker_network" "after" {
+  name       = "berth-it-${berth.env}-after"
+  depends_on = [docker_container.web]
+}
+"#,
+    );
+    let mut child = t
+        .command(&["apply", "--auto-approve"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let mut log = String::new();
+    // Send SIGTERM once the container step has started.
+    for line in lines.by_ref() {
+        let line = line.expect("line");
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains("docker_container.web: Creating...") {
+            let pid = child.id().to_string();
+            let status = std::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .expect("kill");
+            assert!(status.success());
+            break;
+        }
+    }
+    for line in lines {
+        log.push_str(&line.expect("line"));
+        log.push('\n');
+    }
+    let status = child.wait().expect("wait");
+    assert!(
+        !status.success(),
+        "an interrupted apply exits non-zero\n{log}"
+    );
+    assert!(
+        log.contains("docker_container.web: Creation complete"),
+        "the running step finished:\n{log}"
+    );
+    assert!(
+        !log.contains("docker_network.after: Creating"),
+        "no new step started:\n{log}"
+    );
+    assert!(log.contains("interrupted"), "{log}");
+
+    // The lock was released and the finished step recorded: only the
+    // network is left to create.
+    let plan = t.run(&["plan"]).ok();
+    assert!(
+        plan.stdout
+            .contains("Plan: 1 to add, 0 to change, 0 to destroy."),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout.contains("docker_network.after will be created"),
+        "{}",
+        plan.stdout
+    );
+    t.run(&["destroy", "--auto-approve"]).ok();
+}
