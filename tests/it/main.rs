@@ -10,7 +10,9 @@ mod environments;
 mod gitlab;
 mod pipeline;
 mod plan_output;
+mod registry;
 mod remote_state;
+mod rolling;
 mod secrets;
 mod state_lock;
 

@@ -22,6 +22,7 @@ use futures_util::StreamExt;
 use crate::attrs;
 use crate::client::{self, api, api_ctx, is_conflict, is_not_found, message};
 use crate::context::BuildSpec;
+use crate::registry::Auths;
 
 /// The resource type name.
 pub(crate) const TYPE: &str = "docker_image";
@@ -88,6 +89,7 @@ pub(crate) async fn prepare(config: &mut Attrs, base_dir: &Path) -> Result<(), P
 /// pulling it when missing.
 pub(crate) async fn create(
     docker: &Docker,
+    auths: &Auths,
     req: &ApplyRequest<'_>,
     base_dir: &Path,
     progress: Progress<'_>,
@@ -108,7 +110,7 @@ pub(crate) async fn create(
             .collect();
         build(docker, &name, &spec, &labels, progress).await?;
     } else {
-        ensure_image(docker, &name, progress).await?;
+        ensure_image(docker, auths, &name, progress).await?;
     }
     let image = docker
         .inspect_image(&name)
@@ -198,10 +200,13 @@ fn split_reference(reference: &str) -> (&str, &str) {
     }
 }
 
-/// Pulls `reference`, reporting the pull's status lines; every item of the
-/// progress stream is checked for an error.
+/// Pulls `reference` with the credentials `auths` has for its registry
+/// (sent as `X-Registry-Auth`), reporting the pull's status lines. The
+/// engine reports some failures as an HTTP error and others inside the
+/// progress stream: every item is checked.
 pub(crate) async fn pull(
     docker: &Docker,
+    auths: &Auths,
     reference: &str,
     progress: Progress<'_>,
 ) -> Result<(), ProviderError> {
@@ -211,16 +216,13 @@ pub(crate) async fn pull(
         .from_image(repo)
         .tag(tag)
         .build();
-    let mut stream = docker.create_image(Some(options), None, None);
+    let credentials = auths.credentials(reference);
+    let mut stream = docker.create_image(Some(options), None, credentials);
     while let Some(item) = stream.next().await {
-        let info = item.map_err(|e| {
-            ProviderError::Api(format!("pulling image {reference} failed: {}", message(&e)))
-        })?;
+        let info = item.map_err(|e| auths.pull_error(reference, &message(&e)))?;
         if let Some(detail) = info.error_detail {
-            return Err(ProviderError::Api(format!(
-                "pulling image {reference} failed: {}",
-                detail.message.unwrap_or_default().trim()
-            )));
+            let text = detail.message.unwrap_or_default();
+            return Err(auths.pull_error(reference, &text));
         }
         let in_progress = info
             .progress_detail
@@ -239,6 +241,7 @@ pub(crate) async fn pull(
 /// Inspects `reference`, pulling it first when it is not present locally.
 pub(crate) async fn ensure_image(
     docker: &Docker,
+    auths: &Auths,
     reference: &str,
     progress: Progress<'_>,
 ) -> Result<ImageInspect, ProviderError> {
@@ -252,7 +255,7 @@ pub(crate) async fn ensure_image(
             "image {reference} does not exist locally (an image id cannot be pulled)"
         )));
     }
-    pull(docker, reference, progress).await?;
+    pull(docker, auths, reference, progress).await?;
     docker
         .inspect_image(reference)
         .await

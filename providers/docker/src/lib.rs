@@ -3,20 +3,31 @@
 //!
 //! [`DockerProvider`] implements [`berth_provider::Provider`]; it connects in
 //! [`configure`](berth_provider::Provider::configure) (provider attribute
-//! `host`, else `DOCKER_HOST`, else the local socket) and dispatches each
-//! call to the module owning the resource type. Everything it creates
-//! carries the owner labels, so [`refresh`](berth_provider::Provider::refresh)
-//! is one label-filtered list call per type.
+//! `host`, else `DOCKER_HOST`, else the local socket; registry credentials
+//! from `registry_auth` blocks or GitLab CI's `CI_REGISTRY*` variables) and
+//! dispatches each call to the module owning the resource type. Everything
+//! it creates carries the owner labels, so
+//! [`refresh`](berth_provider::Provider::refresh) is one label-filtered list
+//! call per type.
+//!
+//! A `docker_container` replacement rolls ([`Provider::replaces_itself`],
+//! module `rolling`): new replicas are health-gated before old ones go, and
+//! replicas sharing a published port sit behind an nginx load balancer
+//! (module `lb`) that is reloaded, not restarted, as they change.
 
 mod attrs;
 mod client;
 mod container;
 mod context;
 mod duration;
+mod health;
 mod image;
+mod lb;
 mod network;
+mod registry;
+mod rolling;
 
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use berth_provider::{
@@ -27,22 +38,44 @@ use bollard::Docker;
 
 pub use client::DEFAULT_HOST;
 pub use container::REPLICA_LABEL;
+pub use health::{DirectHttpProbe, HttpProbe};
 
 /// The provider for `docker_*` resources.
 pub struct DockerProvider {
     ctx: ProviderContext,
     schemas: Vec<ResourceSchema>,
     docker: RwLock<Option<Docker>>,
+    auths: RwLock<Arc<registry::Auths>>,
+    probe: Arc<dyn HttpProbe>,
+}
+
+/// What the resource modules work with: the connected client, the registry
+/// credentials and the HTTP readiness probe.
+pub(crate) struct Conn {
+    pub(crate) docker: Docker,
+    pub(crate) auths: Arc<registry::Auths>,
+    pub(crate) probe: Arc<dyn HttpProbe>,
 }
 
 impl DockerProvider {
     /// A provider that resolves relative paths against `ctx.base_dir`. It
-    /// does not connect until [`Provider::configure`].
+    /// does not connect until [`Provider::configure`]. berth's HTTP
+    /// readiness checks (`healthcheck { path }`) connect directly to the
+    /// containers' IPs, which suits a local engine.
     pub fn new(ctx: ProviderContext) -> Self {
+        Self::with_http_probe(ctx, Arc::new(DirectHttpProbe))
+    }
+
+    /// Like [`DockerProvider::new`], with the HTTP readiness checks made
+    /// through `probe`: for an engine on another host, whose containers'
+    /// IPs are reachable only from there (e.g. through an SSH connection).
+    pub fn with_http_probe(ctx: ProviderContext, probe: Arc<dyn HttpProbe>) -> Self {
         Self {
             ctx,
             schemas: vec![network::schema(), image::schema(), container::schema()],
             docker: RwLock::new(None),
+            auths: RwLock::new(Arc::default()),
+            probe,
         }
     }
 
@@ -54,6 +87,18 @@ impl DockerProvider {
     fn docker(&self) -> Result<Docker, ProviderError> {
         self.client().ok_or_else(|| {
             ProviderError::Config("the docker provider is used before it was configured".to_owned())
+        })
+    }
+
+    fn conn(&self) -> Result<Conn, ProviderError> {
+        Ok(Conn {
+            docker: self.docker()?,
+            auths: self
+                .auths
+                .read()
+                .map(|a| Arc::clone(&a))
+                .unwrap_or_default(),
+            probe: Arc::clone(&self.probe),
         })
     }
 }
@@ -75,16 +120,18 @@ impl Provider for DockerProvider {
         &self.schemas
     }
 
-    /// Accepts `host`; other keys (e.g. `registry_auth`) are ignored for now.
+    /// Accepts `host` and `registry_auth { address, username, password }`
+    /// blocks (credentials for pulls; GitLab CI's `CI_REGISTRY`,
+    /// `CI_REGISTRY_USER` and `CI_REGISTRY_PASSWORD` are used for their
+    /// registry when no block names it).
     async fn configure(&self, config: &Attrs) -> Result<(), ProviderError> {
         let host = client::resolve_host(config)?;
+        let auths = registry::Auths::from_config(config, |key| std::env::var(key).ok())?;
         let docker = client::connect(&host).await?;
         tracing::debug!(%host, version = ?docker.client_version(), "connected to the Docker engine");
-        let mut slot = self
-            .docker
-            .write()
-            .map_err(|_| ProviderError::Api("the docker client lock is poisoned".to_owned()))?;
-        *slot = Some(docker);
+        let poisoned = || ProviderError::Api("the docker client lock is poisoned".to_owned());
+        *self.docker.write().map_err(|_| poisoned())? = Some(docker);
+        *self.auths.write().map_err(|_| poisoned())? = Arc::new(auths);
         Ok(())
     }
 
@@ -117,12 +164,14 @@ impl Provider for DockerProvider {
         request: ApplyRequest<'_>,
         progress: Progress<'_>,
     ) -> Result<Applied, ProviderError> {
-        let docker = self.docker()?;
+        let conn = self.conn()?;
         let base_dir = &self.ctx.base_dir;
         match request.type_name {
-            network::TYPE => network::create(&docker, &request).await,
-            image::TYPE => image::create(&docker, &request, base_dir, progress).await,
-            container::TYPE => container::create(&docker, &request, base_dir, progress).await,
+            network::TYPE => network::create(&conn.docker, &request).await,
+            image::TYPE => {
+                image::create(&conn.docker, &conn.auths, &request, base_dir, progress).await
+            }
+            container::TYPE => container::create(&conn, &request, base_dir, progress).await,
             other => Err(unknown_type(other)),
         }
     }
@@ -132,13 +181,36 @@ impl Provider for DockerProvider {
         request: ApplyRequest<'_>,
         progress: Progress<'_>,
     ) -> Result<Applied, ProviderError> {
-        let docker = self.docker()?;
+        let conn = self.conn()?;
         let base_dir = &self.ctx.base_dir;
         match request.type_name {
-            network::TYPE => network::update(&docker, &request).await,
-            image::TYPE => image::update(&docker, &request).await,
-            container::TYPE => container::update(&docker, &request, base_dir, progress).await,
+            network::TYPE => network::update(&conn.docker, &request).await,
+            image::TYPE => image::update(&conn.docker, &request).await,
+            container::TYPE => container::update(&conn, &request, base_dir, progress).await,
             other => Err(unknown_type(other)),
+        }
+    }
+
+    /// `docker_container` replacements roll when there is something to
+    /// keep serving and something to gate on: several replicas, a load
+    /// balancer, a health check or `wait`.
+    fn replaces_itself(&self, type_name: &str, config: &Attrs) -> bool {
+        type_name == container::TYPE && container::rolls(config)
+    }
+
+    async fn replace(
+        &self,
+        request: ApplyRequest<'_>,
+        progress: Progress<'_>,
+    ) -> Result<Applied, ProviderError> {
+        let conn = self.conn()?;
+        match request.type_name {
+            container::TYPE => {
+                rolling::replace(&conn, &request, &self.ctx.base_dir, progress).await
+            }
+            other => Err(ProviderError::Config(format!(
+                "{other} cannot be replaced in place"
+            ))),
         }
     }
 

@@ -152,6 +152,32 @@ impl World {
             .await
     }
 
+    /// A rolling replacement of `prior` by `config` (`Provider::replace`).
+    pub async fn replace(
+        &self,
+        address: &str,
+        config: &Attrs,
+        prior: &Applied,
+    ) -> Result<Applied, ProviderError> {
+        let type_name = address.split('.').next().unwrap_or_default();
+        let hash = hash_attrs(config);
+        let report = |line: &str| self.report(line);
+        self.provider
+            .replace(
+                ApplyRequest {
+                    type_name,
+                    address,
+                    config,
+                    prior: Some(&prior.attrs),
+                    prior_id: Some(&prior.id),
+                    config_hash: &hash,
+                    owner: &self.owner,
+                },
+                &report,
+            )
+            .await
+    }
+
     pub async fn delete(&self, address: &str, state: &Applied) -> Result<(), ProviderError> {
         let type_name = address.split('.').next().unwrap_or_default();
         let report = |line: &str| self.report(line);
