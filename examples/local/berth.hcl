@@ -1,10 +1,17 @@
-# The embedded default: build the demo app and run two replicas of it on the
-# local Docker engine. `berth apply` then `curl $(berth output url)/api/ping`.
+# The embedded default: build the demo app and run two replicas of it behind
+# a load balancer on the local Docker engine.
+# `berth apply`, then `curl $(berth output -raw url)/api/ping`.
 
 variable "port" {
   type        = number
   default     = 8080
-  description = "Host port of the first replica; replica k listens on port + k - 1."
+  description = "Host port of the load balancer in front of the replicas."
+}
+
+variable "lb_image" {
+  type        = string
+  default     = "berth-test-nginx:latest"
+  description = "nginx image of the load balancer. scripts/build-lb-image.sh builds this one from Debian's nginx, since no registry is reachable here; elsewhere use nginx:1.27-alpine."
 }
 
 locals {
@@ -37,6 +44,10 @@ resource "docker_container" "web" {
 
   networks_advanced {
     name = docker_network.app.name
+  }
+
+  load_balancer {
+    image = var.lb_image
   }
 
   healthcheck {

@@ -307,7 +307,11 @@ pub async fn plan(session: &Session, scope: &mut Scope, destroy: bool) -> Result
                     loaded.registry.provider_for(&resource.type_name),
                 )
             {
-                change.rolling = provider.replaces_itself(&resource.type_name, &known);
+                change.rolling = provider.replaces_itself(
+                    &resource.type_name,
+                    &known,
+                    resource.lifecycle.create_before_destroy,
+                );
             }
             change.depends_on = loaded
                 .graph

@@ -451,6 +451,12 @@ fn a_moved_tag_is_seen_as_a_change() {
     let _cleanup = DockerCleanup { env: t.env.clone() };
     write_demo_context(&t);
     let tag = format!("berth-it-{}-tagged:v1", t.env);
+    // The Dockerfile copies MARKER, so each build is a different image.
+    let dockerfile = std::fs::read_to_string(t.path().join("app/Dockerfile")).expect("Dockerfile");
+    t.write(
+        "app/Dockerfile",
+        &format!("{dockerfile}COPY MARKER /MARKER\n"),
+    );
     let build = |marker: &str| {
         t.write("app/MARKER", marker);
         let status = std::process::Command::new("docker")

@@ -223,8 +223,18 @@ pub trait Provider: Send + Sync {
     /// (a rolling update of container replicas), instead of the engine's
     /// destroy-then-create. `config` is the desired configuration, fully
     /// known. When true, the engine calls [`Provider::replace`] once.
-    fn replaces_itself(&self, type_name: &str, config: &Attrs) -> bool {
-        let _ = (type_name, config);
+    ///
+    /// `create_before_destroy` is the resource's lifecycle setting: a
+    /// provider whose objects have fixed names (a container) should take the
+    /// replacement over then, since creating the new object first would
+    /// clash with the old one's name.
+    fn replaces_itself(
+        &self,
+        type_name: &str,
+        config: &Attrs,
+        create_before_destroy: bool,
+    ) -> bool {
+        let _ = (type_name, config, create_before_destroy);
         false
     }
 

@@ -194,8 +194,15 @@ impl Provider for DockerProvider {
     /// `docker_container` replacements roll when there is something to
     /// keep serving and something to gate on: several replicas, a load
     /// balancer, a health check or `wait`.
-    fn replaces_itself(&self, type_name: &str, config: &Attrs) -> bool {
-        type_name == container::TYPE && container::rolls(config)
+    fn replaces_itself(
+        &self,
+        type_name: &str,
+        config: &Attrs,
+        create_before_destroy: bool,
+    ) -> bool {
+        // With create_before_destroy the new container would clash with the
+        // old one's name: the rolling path starts it under a temporary name.
+        type_name == container::TYPE && (create_before_destroy || container::rolls(config))
     }
 
     async fn replace(

@@ -66,7 +66,7 @@ fn provider_rolls(config: &Attrs) -> bool {
     DockerProvider::new(ProviderContext {
         base_dir: std::env::temp_dir(),
     })
-    .replaces_itself("docker_container", config)
+    .replaces_itself("docker_container", config, false)
 }
 
 #[tokio::test]
