@@ -4,7 +4,7 @@
 //! `validate` at the value's file:line:col, secrets kept out of output and
 //! state, destroy.
 
-#[allow(clippy::duplicate_mod, dead_code, unused_imports)]
+#[allow(clippy::duplicate_mod, unused_imports)]
 #[path = "../../providers/gitlab/tests/double/mod.rs"]
 mod double;
 
