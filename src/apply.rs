@@ -538,9 +538,12 @@ async fn run_op(
     };
 
     // Store the configuration (secrets hashed) plus what only the provider knows.
+    // ...and the values the provider chose for optional attributes the
+    // configuration left out (a generated name, a default subnet).
     let mut attrs = stored.clone();
     for (k, v) in &applied.attrs {
-        if is_computed_only(schema, k) {
+        let chosen = !stored.contains_key(k) && schema.attribute(k).is_some_and(|a| a.computed);
+        if is_computed_only(schema, k) || chosen {
             attrs.insert(k.clone(), v.clone());
         }
     }
@@ -586,7 +589,8 @@ fn set_scope(
 ) -> Result<(), Error> {
     let mut attrs = known.clone();
     for (k, v) in applied {
-        if is_computed_only(schema, k) {
+        let chosen = !known.contains_key(k) && schema.attribute(k).is_some_and(|a| a.computed);
+        if is_computed_only(schema, k) || chosen {
             attrs.insert(k.clone(), v.clone());
         }
     }

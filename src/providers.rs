@@ -21,7 +21,8 @@ impl Registry {
         Self::new(vec![
             Arc::new(berth_docker::DockerProvider::new(ctx.clone())),
             Arc::new(berth_gitlab::GitLabProvider::new(ctx.clone())),
-            Arc::new(berth_digitalocean::DigitalOceanProvider::new(ctx)),
+            Arc::new(berth_digitalocean::DigitalOceanProvider::new(ctx.clone())),
+            Arc::new(berth_aws::AwsProvider::new(ctx)),
         ])
     }
 
