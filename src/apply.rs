@@ -284,6 +284,14 @@ fn build_ops(session: &Session, plan: &Plan) -> (Vec<Op>, Vec<Vec<usize>>) {
 
 type Counted = (usize, usize, usize);
 
+/// Which provider call realizes a change.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Call {
+    Create,
+    Update,
+    Replace,
+}
+
 async fn run_op(
     session: &Session,
     op: &Op,
@@ -436,109 +444,70 @@ async fn run_op(
             ));
             (applied, (0, 0, 0))
         }
-        Action::Replace if change.rolling => {
+        Action::Create | Action::Update | Action::Replace => {
+            // (verb, live verb, done message, counts) per kind of call.
+            let (call, verb, done, counted) = match change.action {
+                Action::Update => (
+                    Call::Update,
+                    "Modifying",
+                    "Modifications complete",
+                    (0, 1, 0),
+                ),
+                Action::Replace if change.rolling => (
+                    Call::Replace,
+                    "Replacing (rolling)",
+                    "Replacement complete",
+                    (1, 0, 1),
+                ),
+                _ => (Call::Create, "Creating", "Creation complete", (1, 0, 0)),
+            };
             let started = Instant::now();
-            ui.status(&format!(
-                "{address}: Replacing (rolling)... [id={}]",
-                short_id(change.prior_id.as_deref().unwrap_or(""))
-            ));
-            let progress = |line: &str| ui.status(&format!("{address}: {line}"));
             let prior = change.before.clone().unwrap_or_default();
-            let applied = with_ticker(
-                provider.replace(
-                    ApplyRequest {
-                        type_name: &change.type_name,
-                        address,
-                        config: &known,
-                        prior: Some(&prior),
-                        prior_id: change.prior_id.as_deref(),
-                        config_hash: &config_hash,
-                        owner: &session.owner,
-                    },
-                    &progress,
-                ),
-                ui,
+            let with_prior = call != Call::Create;
+            match change.prior_id.as_deref().filter(|_| with_prior) {
+                Some(id) => ui.status(&format!("{address}: {verb}... [id={}]", short_id(id))),
+                None => ui.status(&format!("{address}: {verb}...")),
+            }
+            // Rolling replacements report each replica's step; the others
+            // show provider details with -v.
+            let progress = |line: &str| {
+                if call == Call::Replace {
+                    ui.status(&format!("{address}: {line}"));
+                } else {
+                    ui.detail(address, line);
+                }
+            };
+            let request = ApplyRequest {
+                type_name: &change.type_name,
                 address,
-                "replacing",
-            )
-            .await
-            .map_err(provider_error)?;
+                config: &known,
+                prior: with_prior.then_some(&prior),
+                prior_id: change.prior_id.as_deref().filter(|_| with_prior),
+                config_hash: &config_hash,
+                owner: &session.owner,
+            };
+            let work = async {
+                match call {
+                    Call::Create => provider.create(request, &progress).await,
+                    Call::Update => provider.update(request, &progress).await,
+                    Call::Replace => provider.replace(request, &progress).await,
+                }
+            };
+            let applied = with_ticker(work, ui, address, &verb.to_lowercase())
+                .await
+                .map_err(provider_error)?;
             ui.status(&format!(
-                "{address}: Replacement complete after {} [id={}]",
+                "{address}: {done} after {} [id={}]",
                 elapsed(started),
                 short_id(&applied.id)
             ));
-            (applied, (1, 0, 1))
-        }
-        Action::Create | Action::Replace => {
-            let started = Instant::now();
-            ui.status(&format!("{address}: Creating..."));
-            let progress = |line: &str| ui.detail(address, line);
-            let applied = with_ticker(
-                provider.create(
-                    ApplyRequest {
-                        type_name: &change.type_name,
-                        address,
-                        config: &known,
-                        prior: None,
-                        prior_id: None,
-                        config_hash: &config_hash,
-                        owner: &session.owner,
-                    },
-                    &progress,
-                ),
-                ui,
-                address,
-                "creating",
-            )
-            .await
-            .map_err(provider_error)?;
-            ui.status(&format!(
-                "{address}: Creation complete after {} [id={}]",
-                elapsed(started),
-                short_id(&applied.id)
-            ));
-            (applied, (1, 0, 0))
-        }
-        Action::Update => {
-            let started = Instant::now();
-            ui.status(&format!(
-                "{address}: Modifying... [id={}]",
-                short_id(change.prior_id.as_deref().unwrap_or(""))
-            ));
-            let progress = |line: &str| ui.detail(address, line);
-            let prior = change.before.clone().unwrap_or_default();
-            let applied = with_ticker(
-                provider.update(
-                    ApplyRequest {
-                        type_name: &change.type_name,
-                        address,
-                        config: &known,
-                        prior: Some(&prior),
-                        prior_id: change.prior_id.as_deref(),
-                        config_hash: &config_hash,
-                        owner: &session.owner,
-                    },
-                    &progress,
-                ),
-                ui,
-                address,
-                "modifying",
-            )
-            .await
-            .map_err(provider_error)?;
-            ui.status(&format!(
-                "{address}: Modifications complete after {} [id={}]",
-                elapsed(started),
-                short_id(&applied.id)
-            ));
-            (applied, (0, 1, 0))
+            (applied, counted)
         }
         Action::Delete => return Ok((0, 0, 0)),
     };
 
-    // Store the configuration (secrets hashed) plus what only the provider knows.
-    // ...and the values the provider chose for optional attributes the
+    // Store the configuration (secrets hashed), what only the provider
+    // knows, and the values the provider chose for optional attributes the
     // configuration left out (a generated name, a default subnet).
     let mut attrs = stored.clone();
     for (k, v) in &applied.attrs {
