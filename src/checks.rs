@@ -115,45 +115,14 @@ fn evaluate_one(config: &Config, scope: &Scope, check: &Check) -> Result<CheckSp
     })
 }
 
-/// Parses `"90s"`, `"2m"`, `"1m30s"`, `"500ms"`, `"1h"`.
+/// Parses a check's `timeout`: a Go-style duration (`"90s"`, `"1m30s"`), or
+/// a bare number of seconds.
 pub fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim();
-    if text.is_empty() {
-        return None;
+    if let Ok(secs) = text.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
     }
-    let mut total = Duration::ZERO;
-    let mut number = String::new();
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c.is_ascii_digit() || c == '.' {
-            number.push(c);
-            continue;
-        }
-        let mut unit = c.to_string();
-        while let Some(&n) = chars.peek() {
-            if n.is_ascii_alphabetic() {
-                unit.push(n);
-                chars.next();
-            } else {
-                break;
-            }
-        }
-        let value: f64 = number.parse().ok()?;
-        number.clear();
-        let secs = match unit.as_str() {
-            "ms" => value / 1000.0,
-            "s" => value,
-            "m" => value * 60.0,
-            "h" => value * 3600.0,
-            _ => return None,
-        };
-        total += Duration::try_from_secs_f64(secs).ok()?;
-    }
-    if !number.is_empty() {
-        // A bare number is seconds.
-        total += Duration::try_from_secs_f64(number.parse().ok()?).ok()?;
-    }
-    Some(total)
+    berth_provider::duration::parse(text).ok()
 }
 
 /// Runs every check concurrently.
