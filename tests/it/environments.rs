@@ -40,16 +40,21 @@ fn networks(label: &str) -> Vec<String> {
 fn environments_are_separate_namespaces() {
     let t = TestEnv::new("envs");
     let review = format!("{}-review/feat-x", t.env);
-    let staging = format!("{}-staging", t.env);
+    let other_review = format!("{}-review/feat-y", t.env);
+    let staging = format!("{}-production", t.env);
     let _c1 = DockerCleanup {
         env: review.clone(),
     };
     let _c2 = DockerCleanup {
         env: staging.clone(),
     };
+    let _c3 = DockerCleanup {
+        env: other_review.clone(),
+    };
     t.write_config(CONFIG);
     t.run(&["--env", &review, "apply", "--auto-approve"]).ok();
     t.run(&["--env", &staging, "apply", "--auto-approve"]).ok();
+    t.run(&["--env", &other_review, "apply", "--auto-approve"]).ok();
     assert_eq!(
         networks(&format!("berth.env={review}")),
         vec![format!("berth-it-{review}")]
@@ -71,10 +76,13 @@ fn environments_are_separate_namespaces() {
         list.stdout
     );
 
-    // Destroying the review environment leaves staging alone.
+    // Destroying one review environment leaves production and the other
+    // review environment alone.
     t.run(&["--env", &review, "destroy", "--auto-approve"]).ok();
     assert!(networks(&format!("berth.env={review}")).is_empty());
     assert_eq!(networks(&format!("berth.env={staging}")).len(), 1);
+    assert_eq!(networks(&format!("berth.env={other_review}")).len(), 1);
+    t.run(&["--env", &other_review, "destroy", "--auto-approve"]).ok();
     let plan = t.run(&["--env", &staging, "plan", "--detailed-exitcode"]);
     assert_eq!(plan.status, 0, "{}", plan.stdout);
 

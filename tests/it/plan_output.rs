@@ -74,6 +74,7 @@ fn plan_output_for_create_update_replace_and_delete() {
     snapshot(&t, "plan_replace_and_delete", &plan.stdout);
 
     let lines = t.run(&["plan", "--json"]).ok();
+    snapshot(&t, "plan_json_lines", &lines.stdout);
     let events: Vec<serde_json::Value> = lines
         .stdout
         .lines()
@@ -145,6 +146,7 @@ fn plan_output_for_create_update_replace_and_delete() {
     // GitLab's MR widget report counts a replace as one create and one delete.
     let report = std::fs::read_to_string(t.path().join("report.json")).expect("report");
     assert_eq!(report.trim(), r#"{"create":1,"delete":2,"update":0}"#);
+    snapshot(&t, "gitlab_report", &report);
 
     t.run(&["destroy", "--auto-approve"]).ok();
 }
