@@ -571,6 +571,8 @@ fn set_scope(
 }
 
 fn short_id(id: &str) -> &str {
+    // A pushed image's id is `registry/repo:tag@sha256:...`: show the digest.
+    let id = id.rsplit_once('@').map_or(id, |(_, digest)| digest);
     let id = id.strip_prefix("sha256:").unwrap_or(id);
     id.get(..12).unwrap_or(id)
 }
