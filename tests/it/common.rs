@@ -249,3 +249,184 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
     Some((status, body))
 }
+
+/// Runs `ssh-keygen` to make an unencrypted key of `kind` at `path`
+/// (replacing any); returns the private key's text.
+pub fn ssh_keygen(path: &Path, kind: &str) -> String {
+    let _ = std::fs::remove_file(path);
+    let _ = std::fs::remove_file(path.with_extension("pub"));
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-C", "berth-it", "-N", "", "-t", kind, "-f"])
+        .arg(path)
+        .output()
+        .expect("run ssh-keygen");
+    assert!(
+        out.status.success(),
+        "ssh-keygen: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read_to_string(path).expect("read the key")
+}
+
+/// `SHA256:...` of a public key file, as `ssh-keygen -l` prints it.
+pub fn ssh_fingerprint(pub_path: &Path) -> String {
+    let out = Command::new("ssh-keygen")
+        .args(["-E", "sha256", "-lf"])
+        .arg(pub_path)
+        .output()
+        .expect("run ssh-keygen -l");
+    assert!(out.status.success(), "ssh-keygen -l failed");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(1)
+        .expect("a fingerprint")
+        .to_owned()
+}
+
+/// An OpenSSH server of the test's own on 127.0.0.1 and a free port, in
+/// its own temp dir: an ed25519 host key, one authorized client key
+/// ([`Sshd::client_key`]), logins as root only, verbose log in `sshd.log`.
+/// Killed by PID when dropped.
+pub struct Sshd {
+    dir: tempfile::TempDir,
+    pub port: u16,
+    child: Option<std::process::Child>,
+    stream_local: bool,
+}
+
+impl Sshd {
+    /// Prepared (host key, client key, config) but not started.
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-it-sshd-")
+            .tempdir()
+            .expect("tempdir");
+        let sshd = Sshd {
+            dir,
+            port: free_port(),
+            child: None,
+            stream_local: true,
+        };
+        ssh_keygen(&sshd.path("host_ed25519"), "ed25519");
+        ssh_keygen(&sshd.path("client"), "ed25519");
+        std::fs::copy(sshd.path("client.pub"), sshd.path("authorized_keys"))
+            .expect("authorized_keys");
+        sshd
+    }
+
+    /// Prepared and started.
+    pub fn started() -> Self {
+        let mut sshd = Self::new();
+        sshd.start();
+        sshd
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The authorized client key's private text.
+    pub fn client_key(&self) -> String {
+        std::fs::read_to_string(self.path("client")).expect("client key")
+    }
+
+    /// `SHA256:...` of the current host key.
+    pub fn host_fingerprint(&self) -> String {
+        ssh_fingerprint(&self.path("host_ed25519.pub"))
+    }
+
+    /// A new host key (a "rebuilt" host); takes effect on the next start.
+    pub fn regenerate_host_key(&self) {
+        ssh_keygen(&self.path("host_ed25519"), "ed25519");
+    }
+
+    /// Refuse to forward unix sockets (so the Docker socket cannot be
+    /// reached); takes effect on the next start.
+    pub fn forbid_stream_local(&mut self) {
+        self.stream_local = false;
+    }
+
+    fn write_config(&self) {
+        let config = format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {host_key}\nPidFile {pid}\n\
+             AuthorizedKeysFile {authorized}\nPubkeyAuthentication yes\nPasswordAuthentication no\n\
+             KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n\
+             PermitRootLogin prohibit-password\nAllowTcpForwarding yes\n\
+             AllowStreamLocalForwarding {stream_local}\nLogLevel VERBOSE\n",
+            port = self.port,
+            host_key = self.path("host_ed25519").display(),
+            pid = self.path("sshd.pid").display(),
+            authorized = self.path("authorized_keys").display(),
+            stream_local = if self.stream_local { "yes" } else { "no" },
+        );
+        std::fs::write(self.path("sshd_config"), config).expect("sshd_config");
+    }
+
+    /// Starts sshd in the foreground (`-D -e`) and waits until it accepts
+    /// TCP connections.
+    pub fn start(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        assert!(self.child.is_none(), "sshd already runs");
+        std::fs::create_dir_all("/run/sshd").expect("mkdir /run/sshd");
+        let _ = std::fs::set_permissions("/run/sshd", std::fs::Permissions::from_mode(0o755));
+        self.write_config();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("sshd.log"))
+            .expect("sshd.log");
+        let child = Command::new("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(self.path("sshd_config"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn /usr/sbin/sshd");
+        self.child = Some(child);
+        let begin = std::time::Instant::now();
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                panic!("sshd exited with {status}: {}", self.log());
+            }
+            assert!(
+                begin.elapsed() < std::time::Duration::from_secs(20),
+                "sshd does not listen: {}",
+                self.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Stops sshd (by its PID) if it runs.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// What sshd logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.path("sshd.log")).unwrap_or_default()
+    }
+
+    /// How many logins sshd accepted so far.
+    pub fn accepted_logins(&self) -> usize {
+        self.log().matches("Accepted publickey").count()
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -54,7 +54,8 @@ fn environments_are_separate_namespaces() {
     t.write_config(CONFIG);
     t.run(&["--env", &review, "apply", "--auto-approve"]).ok();
     t.run(&["--env", &staging, "apply", "--auto-approve"]).ok();
-    t.run(&["--env", &other_review, "apply", "--auto-approve"]).ok();
+    t.run(&["--env", &other_review, "apply", "--auto-approve"])
+        .ok();
     assert_eq!(
         networks(&format!("berth.env={review}")),
         vec![format!("berth-it-{review}")]
@@ -82,7 +83,8 @@ fn environments_are_separate_namespaces() {
     assert!(networks(&format!("berth.env={review}")).is_empty());
     assert_eq!(networks(&format!("berth.env={staging}")).len(), 1);
     assert_eq!(networks(&format!("berth.env={other_review}")).len(), 1);
-    t.run(&["--env", &other_review, "destroy", "--auto-approve"]).ok();
+    t.run(&["--env", &other_review, "destroy", "--auto-approve"])
+        .ok();
     let plan = t.run(&["--env", &staging, "plan", "--detailed-exitcode"]);
     assert_eq!(plan.status, 0, "{}", plan.stdout);
 

@@ -11,10 +11,14 @@ mod gitlab;
 mod pipeline;
 mod plan_output;
 mod registry;
+mod registry_push;
+mod registry_server;
 mod remote_state;
 mod rolling;
 mod secrets;
+mod ssh;
 mod state_lock;
+mod token_server;
 
 /// Every `.rs` file beside this one must be a module above.
 #[test]

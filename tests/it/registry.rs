@@ -10,98 +10,15 @@
 //! CI_REGISTRY* variables. The pushed image carries the test's
 //! `berth.env` label, so the cleanup removes the pulled copy too.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 
-use crate::common::{DockerCleanup, TestEnv, docker, free_port, http_get, write_demo_context};
+use crate::common::{DockerCleanup, TestEnv, docker, write_demo_context};
+use crate::registry_server::Registry;
 
 const USER: &str = "berth-ci";
 const PASSWORD: &str = "Right-pa55word-4c1d";
 const WRONG: &str = "Wrong-pa55word-9e7b";
-
-/// A `docker-registry serve` process, killed when dropped.
-struct Registry {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn tool(path: &str, package: &str) -> PathBuf {
-    let p = Path::new(path);
-    assert!(
-        p.exists(),
-        "{path} is missing: apt-get install {package} (scripts/ensure-test-deps.sh does)"
-    );
-    p.to_owned()
-}
-
-impl Registry {
-    fn start() -> Self {
-        let registry = tool("/usr/bin/docker-registry", "docker-registry");
-        let htpasswd = tool("/usr/bin/htpasswd", "apache2-utils");
-        let dir = tempfile::Builder::new()
-            .prefix("berth-registry-")
-            .tempdir()
-            .expect("tempdir");
-        let out = Command::new(htpasswd)
-            .args(["-Bbn", USER, PASSWORD])
-            .output()
-            .expect("htpasswd");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::fs::write(dir.path().join("htpasswd"), &out.stdout).expect("htpasswd file");
-        std::fs::create_dir_all(dir.path().join("data")).expect("data dir");
-        let port = free_port();
-        let config = format!(
-            "version: 0.1\n\
-             log:\n  level: warn\n\
-             storage:\n  filesystem:\n    rootdirectory: {data}\n  delete:\n    enabled: true\n\
-             http:\n  addr: 127.0.0.1:{port}\n  secret: berth-test-only\n\
-             auth:\n  htpasswd:\n    realm: berth-test\n    path: {htpasswd}\n",
-            data = dir.path().join("data").display(),
-            htpasswd = dir.path().join("htpasswd").display(),
-        );
-        std::fs::write(dir.path().join("config.yml"), config).expect("config.yml");
-        let log = std::fs::File::create(dir.path().join("registry.log")).expect("log");
-        let child = Command::new(registry)
-            .arg("serve")
-            .arg(dir.path().join("config.yml"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start docker-registry");
-        let registry = Self {
-            child,
-            port,
-            _dir: dir,
-        };
-        // Ready when /v2/ asks for credentials.
-        for _ in 0..300 {
-            if let Some((401, _)) = http_get(port, "/v2/") {
-                return registry;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        let log =
-            std::fs::read_to_string(registry._dir.path().join("registry.log")).unwrap_or_default();
-        panic!("docker-registry did not come up on 127.0.0.1:{port}\n{log}");
-    }
-
-    fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
 
 /// Runs the docker CLI with its own config dir; panics on failure.
 fn docker_cli(config_dir: &Path, args: &[&str], stdin: Option<&str>) {
@@ -174,7 +91,7 @@ resource "docker_container" "app" {{
 fn images_are_pulled_from_a_private_registry_with_credentials() {
     let mut t = TestEnv::new("registry");
     let _cleanup = DockerCleanup { env: t.env.clone() };
-    let registry = Registry::start();
+    let registry = Registry::start_htpasswd(USER, PASSWORD);
     write_demo_context(&t);
     let reference = format!("{}/berth-it/{}:v1", registry.address(), t.env);
 

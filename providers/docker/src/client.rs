@@ -1,11 +1,12 @@
-//! The connection to the Docker engine: which host to talk to (provider
-//! `host` attribute, else `DOCKER_HOST`, else the local socket), connecting
-//! with API version negotiation, and turning bollard's errors into
-//! [`ProviderError`]s that carry Docker's own message.
+//! The connection to the local Docker engine (which one is decided in
+//! [`crate::hosts::Settings`]: the provider's `host` attribute, else
+//! `DOCKER_HOST`, else the local socket), connecting with API version
+//! negotiation, and turning bollard's errors into [`ProviderError`]s that
+//! carry Docker's own message.
 
 use std::time::Duration;
 
-use berth_provider::{Attrs, ProviderError};
+use berth_provider::ProviderError;
 use bollard::errors::Error as DockerError;
 use bollard::{API_DEFAULT_VERSION, Docker};
 
@@ -16,26 +17,6 @@ pub const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
 /// Seconds bollard waits for a response's headers. Streams (build, pull,
 /// logs) are not bounded by it once they started.
 const REQUEST_TIMEOUT_SECS: u64 = 120;
-
-/// The host to connect to: the provider block's `host`, else `DOCKER_HOST`,
-/// else [`DEFAULT_HOST`].
-pub(crate) fn resolve_host(config: &Attrs) -> Result<String, ProviderError> {
-    match config.get("host") {
-        Some(serde_json::Value::String(host)) if !host.trim().is_empty() => {
-            return Ok(host.trim().to_owned());
-        }
-        Some(serde_json::Value::String(_)) | Some(serde_json::Value::Null) | None => {}
-        Some(other) => {
-            return Err(ProviderError::Config(format!(
-                "provider \"docker\": `host` must be a string, got {other}"
-            )));
-        }
-    }
-    match std::env::var("DOCKER_HOST") {
-        Ok(host) if !host.trim().is_empty() => Ok(host.trim().to_owned()),
-        _ => Ok(DEFAULT_HOST.to_owned()),
-    }
-}
 
 /// Connects to `host`, negotiates the API version down to what the engine
 /// speaks, and checks that it answers.
@@ -131,24 +112,4 @@ pub(crate) fn label_filters(
     let mut labels = owner.filters();
     labels.extend(extra.iter().cloned());
     std::collections::HashMap::from([("label".to_owned(), labels)])
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_from_config_wins() {
-        let config = Attrs::from([("host".to_owned(), serde_json::json!("tcp://1.2.3.4:2375"))]);
-        assert_eq!(resolve_host(&config).unwrap(), "tcp://1.2.3.4:2375");
-    }
-
-    #[test]
-    fn host_must_be_a_string() {
-        let config = Attrs::from([("host".to_owned(), serde_json::json!(3))]);
-        assert!(matches!(
-            resolve_host(&config),
-            Err(ProviderError::Config(_))
-        ));
-    }
 }

@@ -4,9 +4,10 @@
 //!
 //! The HTTP check is made from wherever the container's bridge IP is
 //! reachable: the Docker host. With a local engine that is the machine
-//! running berth ([`DirectHttpProbe`]); with a remote engine the GET has to
-//! go through the connection to that host, which is what the [`HttpProbe`]
-//! trait is for (see [`crate::DockerProvider::with_http_probe`]).
+//! running berth ([`DirectHttpProbe`]); with a host reached over SSH the GET
+//! goes through that connection ([`SshHttpProbe`]). Other transports can
+//! bring their own [`HttpProbe`] (see
+//! [`crate::DockerProvider::with_http_probe`]).
 
 use std::time::Duration;
 
@@ -31,39 +32,84 @@ pub struct DirectHttpProbe;
 impl HttpProbe for DirectHttpProbe {
     async fn get(&self, ip: &str, port: u16, path: &str, timeout: Duration) -> Result<u16, String> {
         let attempt = async {
-            let mut stream = tokio::net::TcpStream::connect((ip, port))
+            let stream = tokio::net::TcpStream::connect((ip, port))
                 .await
                 .map_err(|e| e.to_string())?;
-            let host = if ip.contains(':') {
-                format!("[{ip}]:{port}")
-            } else {
-                format!("{ip}:{port}")
-            };
-            let request = format!(
-                "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: berth-healthcheck\r\n\
-                 Accept: */*\r\nConnection: close\r\n\r\n"
-            );
-            stream
-                .write_all(request.as_bytes())
-                .await
-                .map_err(|e| e.to_string())?;
-            // The status line is all that is needed.
-            let mut head = Vec::with_capacity(256);
-            let mut buf = [0u8; 256];
-            while !head.contains(&b'\n') && head.len() < 4096 {
-                let n = stream.read(&mut buf).await.map_err(|e| e.to_string())?;
-                if n == 0 {
-                    break;
-                }
-                head.extend_from_slice(&buf[..n]);
-            }
-            parse_status_line(&head)
+            request_status(stream, ip, port, path).await
         };
         match tokio::time::timeout(timeout, attempt).await {
             Ok(result) => result,
             Err(_) => Err(format!("no answer within {}s", timeout.as_secs_f32())),
         }
     }
+}
+
+/// [`HttpProbe`] through an SSH connection to the Docker host: each GET
+/// goes through a `direct-tcpip` channel, so the host itself connects to
+/// the container's bridge IP (which only it can reach).
+#[derive(Clone, Debug)]
+pub struct SshHttpProbe {
+    conn: berth_ssh::SshConnection,
+}
+
+impl SshHttpProbe {
+    /// A probe through `conn`.
+    pub fn new(conn: berth_ssh::SshConnection) -> Self {
+        Self { conn }
+    }
+}
+
+#[async_trait]
+impl HttpProbe for SshHttpProbe {
+    async fn get(&self, ip: &str, port: u16, path: &str, timeout: Duration) -> Result<u16, String> {
+        let attempt = async {
+            let stream = self.conn.open_tcp(ip, port).await.map_err(|e| match e {
+                berth_ssh::SshError::Channel { message, .. } => message,
+                other => other.to_string(),
+            })?;
+            request_status(stream, ip, port, path).await
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(result) => result,
+            Err(_) => Err(format!(
+                "no answer within {}s (through SSH to {})",
+                timeout.as_secs_f32(),
+                self.conn.host()
+            )),
+        }
+    }
+}
+
+/// Sends a minimal HTTP/1.1 GET over `stream` and reads the status line.
+async fn request_status<S>(mut stream: S, ip: &str, port: u16, path: &str) -> Result<u16, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let host = if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    };
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: berth-healthcheck\r\n\
+         Accept: */*\r\nConnection: close\r\n\r\n"
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    stream.flush().await.map_err(|e| e.to_string())?;
+    // The status line is all that is needed.
+    let mut head = Vec::with_capacity(256);
+    let mut buf = [0u8; 256];
+    while !head.contains(&b'\n') && head.len() < 4096 {
+        let n = stream.read(&mut buf).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    parse_status_line(&head)
 }
 
 /// The status code of `HTTP/1.x NNN reason`.

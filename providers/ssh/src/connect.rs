@@ -244,6 +244,49 @@ impl SshConnection {
         })
     }
 
+    /// A TCP connection from the host to `address:port` (a `direct-tcpip`
+    /// channel, what `ssh -L` uses): for reaching what only the host can
+    /// reach, such as a container's bridge IP. The stream reads and writes
+    /// like a socket; dropping it closes the channel.
+    ///
+    /// A refused or unreachable target gives [`SshError::Channel`] whose
+    /// message says so (`connection refused by 172.17.0.2:5000`, as relayed
+    /// by the SSH server).
+    pub async fn open_tcp(
+        &self,
+        address: &str,
+        port: u16,
+    ) -> Result<impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static, SshError>
+    {
+        let name = &self.inner.name;
+        let target = if address.contains(':') {
+            format!("[{address}]:{port}")
+        } else {
+            format!("{address}:{port}")
+        };
+        let channel = self
+            .inner
+            .handle
+            .channel_open_direct_tcpip(address, u32::from(port), "127.0.0.1", 0)
+            .await
+            .map_err(|e| {
+                let why = match e {
+                    russh::Error::ChannelOpenFailure(russh::ChannelOpenFailure::ConnectFailed) => {
+                        format!("connection refused by {target} (or {target} is unreachable from the host)")
+                    }
+                    russh::Error::ChannelOpenFailure(
+                        russh::ChannelOpenFailure::AdministrativelyProhibited,
+                    ) => format!(
+                        "the SSH server refused to forward to {target}: it needs `AllowTcpForwarding yes` \
+                         (and no `DisableForwarding yes`) in its sshd_config"
+                    ),
+                    other => format!("cannot open a channel to {target}: {other}"),
+                };
+                SshError::channel(name, why)
+            })?;
+        Ok(channel.into_stream())
+    }
+
     /// The session handle, for opening channels (crate-internal).
     pub(crate) fn handle(&self) -> &client::Handle<ClientHandler> {
         &self.inner.handle
