@@ -8,6 +8,7 @@ mod diagnostics;
 mod docker;
 mod environments;
 mod gitlab;
+mod p3_refresh;
 mod pipeline;
 mod plan_output;
 mod registry;

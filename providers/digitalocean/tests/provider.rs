@@ -300,6 +300,10 @@ async fn creates_key_droplet_and_firewall_with_computed_attributes() {
     for key in ["name", "size", "tags", "monitoring", "backups"] {
         assert_eq!(seen[0].attrs[key], droplet.attrs[key], "{key}");
     }
+    // Every route used was checked against the spec, and none broke it.
+    assert_eq!(double.unvalidated_routes(), Vec::<String>::new());
+    assert!(double.spec_checked() > 10, "{}", double.spec_checked());
+    double.assert_spec_clean();
 }
 
 #[tokio::test]
@@ -724,6 +728,8 @@ async fn firewall_rules_and_droplets_update_in_place() {
     .await
     .expect("delete");
     assert!(double.firewall(&fw.id).is_none());
+    assert_eq!(double.unvalidated_routes(), Vec::<String>::new());
+    double.assert_spec_clean();
 }
 
 #[tokio::test]
@@ -933,4 +939,213 @@ async fn the_double_validates_like_the_api() {
         .unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(r.json::<Value>().await.unwrap()["id"], json!("not_found"));
+    // The two wrong requests also break the spec; the double noted them.
+    let found = double.take_violations();
+    assert_eq!(found.len(), 2, "{found:#?}");
+    assert!(
+        found[0].contains("POST /v2/droplets (droplets_create) request")
+            && found[0].contains("`image` missing"),
+        "{found:#?}"
+    );
+    assert!(
+        found[1].contains("query parameter `per_page` = \"500\"")
+            && found[1].contains("above the maximum 200"),
+        "{found:#?}"
+    );
+}
+
+/// The spec check is no rubber stamp: a wrong request body is recorded,
+/// and a wrong answer body is caught by the same validator the double runs
+/// on every answer.
+#[tokio::test]
+async fn spec_check_catches_wrong_bodies() {
+    let double = Double::start(Options::default()).await;
+    let client = reqwest::Client::new();
+    let id = double.seed_droplet("web", &["web".to_owned()]);
+
+    // Requests: a key name of the wrong type, an unknown action type.
+    client
+        .post(format!("{}/v2/account/keys", double.base))
+        .bearer_auth(&double.token)
+        .json(&json!({"name": 5, "public_key": PUBLIC_KEY}))
+        .send()
+        .await
+        .unwrap();
+    client
+        .post(format!("{}/v2/droplets/{id}/actions", double.base))
+        .bearer_auth(&double.token)
+        .json(&json!({"type": "explode"}))
+        .send()
+        .await
+        .unwrap();
+    let found = double.take_violations();
+    assert_eq!(found.len(), 2, "{found:#?}");
+    assert!(
+        found[0].contains("(sshKeys_create) request: body.name: expected string, got integer 5"),
+        "{found:#?}"
+    );
+    assert!(
+        found[1].contains("(dropletActions_post) request") && found[1].contains("\"explode\""),
+        "{found:#?}"
+    );
+
+    // Answers: the double's own answer passes; the same answer with a
+    // status the API never sends, an id of the wrong type and no networks
+    // does not.
+    let r = client
+        .get(format!("{}/v2/droplets/{id}", double.base))
+        .bearer_auth(&double.token)
+        .send()
+        .await
+        .unwrap();
+    let headers: std::collections::BTreeMap<String, String> = r
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned()))
+        .collect();
+    let mut body: Value = r.json().await.unwrap();
+    let segments: Vec<String> = ["v2", "droplets", &id.to_string()]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let (op, _) = double::spec::spec()
+        .find("GET", &segments)
+        .expect("droplets_get is in the spec");
+    assert_eq!(op.id, "droplets_get");
+    assert_eq!(
+        op.check_response(200, &headers, Some(Ok(&body))),
+        Vec::<String>::new()
+    );
+    body["droplet"]["status"] = json!("running");
+    body["droplet"]["id"] = json!(id.to_string());
+    body["droplet"].as_object_mut().unwrap().remove("networks");
+    let problems = op.check_response(200, &headers, Some(Ok(&body)));
+    assert_eq!(problems.len(), 3, "{problems:#?}");
+    let all = problems.join("\n");
+    assert!(all.contains("body.droplet.id: expected integer"), "{all}");
+    assert!(all.contains("\"running\" is not one of"), "{all}");
+    assert!(
+        all.contains("required property `networks` missing"),
+        "{all}"
+    );
+    // A header the spec documents, missing; a status it does not.
+    let mut no_limit = headers.clone();
+    no_limit.remove("ratelimit-remaining");
+    let problems = op.check_response(200, &no_limit, Some(Ok(&body)));
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("header `ratelimit-remaining` missing")),
+        "{problems:#?}"
+    );
+
+    // Firewalls come from the multi-file sources, `$ref`s resolved.
+    let spec = double::spec::spec();
+    assert_eq!(
+        spec.operations.len(),
+        32,
+        "15 bundled + 17 firewall and tag operations"
+    );
+    let segments: Vec<String> = ["v2", "firewalls", "bb4b2611-3d72-467b-8602-280330ecd65c"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let (op, params) = spec.find("GET", &segments).expect("firewalls_get");
+    assert_eq!(op.id, "firewalls_get");
+    assert_eq!(
+        op.check_request(&params, &Default::default(), None),
+        Vec::<String>::new()
+    );
+    let fw = json!({"firewall": {"id": "bb4b2611-3d72-467b-8602-280330ecd65c", "name": "web",
+        "status": "succeeded", "created_at": "2026-01-02T03:04:05Z", "pending_changes": [],
+        "droplet_ids": [1], "tags": [],
+        "inbound_rules": [{"protocol": "tcp", "ports": "22", "sources": {"addresses": ["0.0.0.0/0"]}}],
+        "outbound_rules": []}});
+    assert_eq!(
+        op.check_response(200, &headers, Some(Ok(&fw))),
+        Vec::<String>::new()
+    );
+    let mut bad = fw.clone();
+    bad["firewall"]["inbound_rules"][0]["protocol"] = json!("sctp");
+    bad["firewall"]["name"] = json!("-web");
+    let problems = op.check_response(200, &headers, Some(Ok(&bad)));
+    assert_eq!(problems.len(), 2, "{problems:#?}");
+    double.assert_spec_clean();
+}
+
+#[tokio::test]
+async fn injected_server_errors_are_retried() {
+    let double = Double::start(Options {
+        fail_every: Some(3),
+        ..Options::default()
+    })
+    .await;
+    let p = DigitalOceanProvider::new(ProviderContext {
+        base_dir: std::env::temp_dir(),
+    })
+    .with_poll_timing(fast())
+    .with_retry_policy(RetryPolicy {
+        max_retries: 3,
+        base_delay: Duration::from_millis(5),
+        max_delay: Duration::from_millis(50),
+        max_elapsed: Duration::from_secs(30),
+    });
+    p.configure(&attrs(
+        json!({"token": double.token, "api_endpoint": double.base}),
+    ))
+    .await
+    .expect("configure");
+    let o = owner();
+    let lines = Lines::default();
+    let (droplet, _, _) = create(
+        &p,
+        &o,
+        "digitalocean_droplet",
+        "digitalocean_droplet.web",
+        droplet_config("web"),
+        &lines,
+    )
+    .await
+    .expect("create despite 500s");
+    assert!(double.injected_failures() >= 1, "{:?}", double.counts());
+    assert_eq!(p.http_retries(), double.injected_failures());
+    assert_eq!(
+        double.droplet_count(),
+        1,
+        "a retried POST did not create twice"
+    );
+
+    // A random rate: a fixed sequence, so the same requests fail each run.
+    double.set_fail_every(None);
+    double.set_fail_rate(0.3);
+    let before = double.injected_failures();
+    for _ in 0..5 {
+        let seen = p
+            .refresh("digitalocean_droplet", &o, &[])
+            .await
+            .expect("refresh despite 500s");
+        assert_eq!(seen[0].id, droplet.id);
+    }
+    assert!(double.injected_failures() > before);
+    double.set_fail_rate(0.0);
+    double.assert_spec_clean();
+}
+
+#[tokio::test]
+async fn latency_is_added_to_every_answer() {
+    let double = Double::start(Options {
+        latency: Duration::from_millis(50),
+        ..Options::default()
+    })
+    .await;
+    let p = provider_for(&double).await;
+    let o = owner();
+    let started = std::time::Instant::now();
+    p.refresh("digitalocean_droplet", &o, &[]).await.unwrap();
+    p.refresh("digitalocean_firewall", &o, &[]).await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(100));
+    double.set_latency(Duration::ZERO);
+    let started = std::time::Instant::now();
+    p.refresh("digitalocean_droplet", &o, &[]).await.unwrap();
+    assert!(started.elapsed() < Duration::from_millis(50));
 }

@@ -23,7 +23,27 @@ async fn an_engine_that_does_not_answer_is_unreachable() {
         "host": "unix:///nonexistent/berth-test/docker.sock",
         "registry_auth": [{"address": "example.invalid"}],
     }));
-    match provider.configure(&config).await {
+    // The local engine is reached lazily: configure succeeds, the first
+    // call that needs the engine names it.
+    provider
+        .configure(&config)
+        .await
+        .expect("configure is lazy");
+    let network = attrs(json!({ "name": "berth-unreachable" }));
+    let owner = berth_provider::Ownership {
+        env: "unreachable".to_owned(),
+        lineage: "unreachable".to_owned(),
+    };
+    let request = berth_provider::ApplyRequest {
+        type_name: "docker_network",
+        address: "docker_network.unreachable",
+        config: &network,
+        prior: None,
+        prior_id: None,
+        config_hash: "0",
+        owner: &owner,
+    };
+    match provider.create(request, &|_: &str| {}).await {
         Err(ProviderError::Unreachable { what, message }) => {
             assert!(
                 what.contains("/nonexistent/berth-test/docker.sock"),

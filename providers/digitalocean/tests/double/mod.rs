@@ -25,16 +25,18 @@
 
 #![allow(dead_code)]
 
+pub mod spec;
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use base64::Engine as _;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use md5::Digest as _;
 use serde_json::{Value, json};
 
 /// How the double behaves.
@@ -50,6 +52,18 @@ pub struct Options {
     pub action_polls: u32,
     /// Every Nth request is answered 429.
     pub rate_limit_every: Option<u64>,
+    /// A pause before every answer (the API's round trip), e.g. 50 ms.
+    pub latency: Duration,
+    /// Every Nth request (after authentication and rate limiting) is
+    /// answered `500 server_error` without being acted on.
+    pub fail_every: Option<u64>,
+    /// The share of requests (0.0 to 1.0) answered `500 server_error`,
+    /// drawn from a fixed-seed generator so runs repeat.
+    pub fail_rate: f64,
+    /// Check every request and answer against the OpenAPI spec (module
+    /// `spec`); a [`Double`] with violations fails the test when it is
+    /// dropped, unless they were taken with [`Double::take_violations`].
+    pub check_spec: bool,
 }
 
 impl Default for Options {
@@ -60,6 +74,10 @@ impl Default for Options {
             polls_until_gone: 2,
             action_polls: 2,
             rate_limit_every: None,
+            latency: Duration::ZERO,
+            fail_every: None,
+            fail_rate: 0.0,
+            check_spec: true,
         }
     }
 }
@@ -95,6 +113,9 @@ struct State {
     next_id: u64,
     requests: u64,
     rate_limited: u64,
+    failed: u64,
+    /// The state of the generator behind `fail_rate`.
+    rng: u64,
     counts: BTreeMap<String, u64>,
     droplets: BTreeMap<u64, Droplet>,
     actions: BTreeMap<u64, Action>,
@@ -109,8 +130,43 @@ pub struct Double {
     pub base: String,
     /// The accepted token.
     pub token: String,
-    options: Arc<Mutex<Options>>,
-    state: Arc<Mutex<State>>,
+    shared: Arc<Shared>,
+}
+
+/// What the server task and the test share.
+struct Shared {
+    options: Mutex<Options>,
+    state: Mutex<State>,
+    violations: Mutex<Violations>,
+    /// Nanoseconds spent working on requests (see [`Double::busy`]).
+    busy_ns: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Violations {
+    /// `METHOD /path (operationId) request|response: problem`.
+    found: Vec<String>,
+    /// Routes (`GET /v2/...` with `{id}`s) the spec has no operation for.
+    unvalidated: std::collections::BTreeSet<String>,
+    /// Checked requests and answers.
+    checked: u64,
+}
+
+impl Shared {
+    fn add_busy(&self, d: Duration) {
+        self.busy_ns.fetch_add(
+            d.as_nanos() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    fn record(&self, route: &str, op: &str, what: &str, problems: Vec<String>) {
+        let mut v = self.violations.lock().expect("violations");
+        v.checked += 1;
+        for p in problems {
+            v.found.push(format!("{route} ({op}) {what}: {p}"));
+        }
+    }
 }
 
 type Reply = Response<Full<Bytes>>;
@@ -123,24 +179,33 @@ impl Double {
             .expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local addr");
         let base = format!("http://{addr}");
-        let state = Arc::new(Mutex::new(State {
-            base: base.clone(),
-            next_id: 1000,
-            ..State::default()
-        }));
+        if options.check_spec {
+            // Load (and so check) the spec before the first request.
+            let _ = spec::spec();
+        }
         let token = options.token.clone();
-        let options = Arc::new(Mutex::new(options));
-        let (s, o) = (state.clone(), options.clone());
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                base: base.clone(),
+                next_id: 1000,
+                rng: 0x9e37_79b9_7f4a_7c15,
+                ..State::default()
+            }),
+            options: Mutex::new(options),
+            violations: Mutex::new(Violations::default()),
+            busy_ns: std::sync::atomic::AtomicU64::new(0),
+        });
+        let server = shared.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let (s, o) = (s.clone(), o.clone());
+                let shared = server.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
-                        let (s, o) = (s.clone(), o.clone());
-                        async move { Ok::<_, Infallible>(handle(&s, &o, req).await) }
+                        let shared = shared.clone();
+                        async move { Ok::<_, Infallible>(handle(&shared, req).await) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -151,13 +216,97 @@ impl Double {
         Double {
             base,
             token,
-            options,
-            state,
+            shared,
         }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().expect("double state")
+        self.shared.state.lock().expect("double state")
+    }
+
+    fn options(&self) -> MutexGuard<'_, Options> {
+        self.shared.options.lock().expect("options")
+    }
+
+    /// Spec violations found so far (requests and answers), removed from
+    /// the double so that dropping it does not fail the test. Tests that
+    /// send wrong requests on purpose take them and look at them.
+    pub fn take_violations(&self) -> Vec<String> {
+        std::mem::take(&mut self.shared.violations.lock().expect("violations").found)
+    }
+
+    /// Panics, listing them, if the spec was violated.
+    #[track_caller]
+    pub fn assert_spec_clean(&self) {
+        let found = self.take_violations();
+        assert!(
+            found.is_empty(),
+            "the DigitalOcean double saw {} spec violation(s):\n{}",
+            found.len(),
+            found.join("\n")
+        );
+    }
+
+    /// Requests and answers checked against the spec.
+    pub fn spec_checked(&self) -> u64 {
+        self.shared.violations.lock().expect("violations").checked
+    }
+
+    /// Routes served that the loaded spec has no operation for (so were
+    /// not checked).
+    pub fn unvalidated_routes(&self) -> Vec<String> {
+        self.shared
+            .violations
+            .lock()
+            .expect("violations")
+            .unvalidated
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Turns the spec check on or off (e.g. off for timing runs).
+    pub fn set_check_spec(&self, on: bool) {
+        self.options().check_spec = on;
+    }
+
+    /// Time spent working on requests: routing, state, the spec check; not
+    /// the injected latency.
+    pub fn busy(&self) -> Duration {
+        Duration::from_nanos(self.shared.busy_ns.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Changes the pause before every answer.
+    pub fn set_latency(&self, latency: Duration) {
+        self.options().latency = latency;
+    }
+
+    /// Changes the every-Nth 500 injection.
+    pub fn set_fail_every(&self, every: Option<u64>) {
+        self.options().fail_every = every;
+    }
+
+    /// Changes the random 500 injection rate (0.0 to 1.0).
+    pub fn set_fail_rate(&self, rate: f64) {
+        self.options().fail_rate = rate;
+    }
+
+    /// Requests answered with an injected 500.
+    pub fn injected_failures(&self) -> u64 {
+        self.state().failed
+    }
+
+    /// All requests served.
+    pub fn requests(&self) -> u64 {
+        self.state().requests
+    }
+
+    /// Zeroes the request counters (per route, total, 429s and 500s).
+    pub fn reset_counts(&self) {
+        let mut st = self.state();
+        st.counts.clear();
+        st.rate_limited = 0;
+        st.failed = 0;
     }
 
     /// Requests made to `route`, e.g. `GET /v2/droplets` or
@@ -178,7 +327,7 @@ impl Double {
 
     /// Changes the rate limiting.
     pub fn set_rate_limit_every(&self, every: Option<u64>) {
-        self.options.lock().expect("options").rate_limit_every = every;
+        self.options().rate_limit_every = every;
     }
 
     /// A droplet as the API would show it (deleted ones included until
@@ -210,13 +359,23 @@ impl Double {
     /// Adds an active droplet directly (no request counted), as if another
     /// apply had created it.
     pub fn seed_droplet(&self, name: &str, tags: &[String]) -> u64 {
+        self.seed_droplet_with(name, "s-1vcpu-1gb", "ubuntu-24-04-x64", "nyc3", tags)
+    }
+
+    /// [`Double::seed_droplet`] with the size, image and region slugs.
+    pub fn seed_droplet_with(
+        &self,
+        name: &str,
+        size: &str,
+        image: &str,
+        region: &str,
+        tags: &[String],
+    ) -> u64 {
         let mut st = self.state();
         st.next_id += 1;
         let id = st.next_id;
-        for t in tags {
-            ensure_tag(&mut st, t);
-        }
-        let mut json = droplet_json(id, name, "s-1vcpu-1gb", "ubuntu-24-04-x64", "nyc3", tags);
+        let tags: Vec<String> = tags.iter().map(|t| ensure_tag(&mut st, t)).collect();
+        let mut json = droplet_json(id, name, size, image, region, &tags);
         activate(&mut json, id, false);
         st.droplets.insert(
             id,
@@ -249,7 +408,10 @@ fn reply(st: &State, status: StatusCode, body: Option<Value>) -> Reply {
         Some(b) => builder
             .header("content-type", "application/json; charset=utf-8")
             .body(Full::new(Bytes::from(b.to_string()))),
-        None => builder.body(Full::new(Bytes::new())),
+        // As the API: a 204 still names a content type.
+        None => builder
+            .header("content-type", "application/octet-stream")
+            .body(Full::new(Bytes::new())),
     }
     .expect("response")
 }
@@ -331,7 +493,8 @@ fn droplet_json(
         "image": {"id": 63663980, "name": "24.04 (LTS) x64", "distribution": "Ubuntu", "slug": image, "public": true},
         "volume_ids": [],
         "size": {"slug": size, "memory": 1024, "vcpus": 1, "disk": 25, "transfer": 1.0,
-                 "price_monthly": 6.0, "price_hourly": 0.00893, "available": true},
+                 "price_monthly": 6.0, "price_hourly": 0.00893, "available": true,
+                 "regions": [region], "description": "Basic"},
         "size_slug": size,
         "networks": {"v4": [], "v6": []},
         "region": {"name": "New York 3", "slug": region, "features": ["backups", "ipv6"], "available": true, "sizes": [size]},
@@ -402,9 +565,7 @@ fn paged(
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         q.push(("page".into(), p.to_string()));
-        let qs = url::form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(q)
-            .finish();
+        let qs = form_encode(&q);
         format!("{}{path}?{qs}", st.base)
     };
     let mut pages = serde_json::Map::new();
@@ -442,7 +603,7 @@ fn fingerprint(public_key: &str) -> Option<String> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(blob)
         .ok()?;
-    let digest = md5::Md5::digest(&bytes);
+    let digest = md5(&bytes);
     Some(
         digest
             .iter()
@@ -456,18 +617,10 @@ fn key_material(public_key: &str) -> Option<String> {
     public_key.split_whitespace().nth(1).map(str::to_owned)
 }
 
-async fn handle(state: &Mutex<State>, options: &Mutex<Options>, req: Request<Incoming>) -> Reply {
+async fn handle(shared: &Shared, req: Request<Incoming>) -> Reply {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let query: BTreeMap<String, String> = req
-        .uri()
-        .query()
-        .map(|q| {
-            url::form_urlencoded::parse(q.as_bytes())
-                .into_owned()
-                .collect()
-        })
-        .unwrap_or_default();
+    let query: BTreeMap<String, String> = req.uri().query().map(form_decode).unwrap_or_default();
     let auth = req
         .headers()
         .get("authorization")
@@ -479,30 +632,108 @@ async fn handle(state: &Mutex<State>, options: &Mutex<Options>, req: Request<Inc
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    let body: Value = if body_bytes.is_empty() {
-        Value::Null
+    let parsed: Option<Result<Value, ()>> = if body_bytes.is_empty() {
+        None
     } else {
-        match serde_json::from_slice(&body_bytes) {
-            Ok(v) => v,
-            Err(_) => Value::String("<invalid json>".into()),
-        }
+        Some(serde_json::from_slice(&body_bytes).map_err(|_| ()))
     };
     let segments: Vec<String> = path
         .split('/')
         .filter(|s| !s.is_empty())
-        .map(|s| {
-            percent_encoding::percent_decode_str(s)
-                .decode_utf8_lossy()
-                .into_owned()
-        })
+        .map(|s| percent_decode(s, false))
         .collect();
-    let options = options.lock().expect("options").clone();
+    let started = std::time::Instant::now();
+    let options = shared.options.lock().expect("options").clone();
+    let operation = options
+        .check_spec
+        .then(|| spec::spec().find(method.as_str(), &segments))
+        .flatten();
+    let route = format!("{method} {path}");
+    if let Some((op, path_params)) = &operation {
+        let problems = op.check_request(
+            path_params,
+            &query,
+            parsed.as_ref().map(|r| r.as_ref().map_err(|_| ())),
+        );
+        shared.record(&route, &op.id, "request", problems);
+    } else if options.check_spec {
+        shared
+            .violations
+            .lock()
+            .expect("violations")
+            .unvalidated
+            .insert(route_of(&method, &segments));
+    }
+    let mut worked = started.elapsed();
+    if !options.latency.is_zero() {
+        tokio::time::sleep(options.latency).await;
+    }
+    let started = std::time::Instant::now();
+    let body = match &parsed {
+        None => Value::Null,
+        Some(Ok(v)) => v.clone(),
+        Some(Err(())) => Value::String("<invalid json>".into()),
+    };
+    let reply = respond(
+        &shared.state,
+        &options,
+        &method,
+        &path,
+        &segments,
+        &query,
+        auth.as_deref(),
+        &body,
+    );
+    let Some((op, _)) = &operation else {
+        worked += started.elapsed();
+        shared.add_busy(worked);
+        return reply;
+    };
+    let (parts, full) = reply.into_parts();
+    let bytes = full
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let headers: BTreeMap<String, String> = parts
+        .headers
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+        .collect();
+    let sent: Option<Result<Value, ()>> = if bytes.is_empty() {
+        None
+    } else {
+        Some(serde_json::from_slice(&bytes).map_err(|_| ()))
+    };
+    let problems = op.check_response(
+        parts.status.as_u16(),
+        &headers,
+        sent.as_ref().map(|r| r.as_ref().map_err(|_| ())),
+    );
+    shared.record(&route, &op.id, "response", problems);
+    worked += started.elapsed();
+    shared.add_busy(worked);
+    Response::from_parts(parts, Full::new(bytes))
+}
+
+#[expect(clippy::too_many_arguments)]
+fn respond(
+    state: &Mutex<State>,
+    options: &Options,
+    method: &Method,
+    path: &str,
+    segments: &[String],
+    query: &BTreeMap<String, String>,
+    auth: Option<&str>,
+    body: &Value,
+) -> Reply {
+    let path = path.to_owned();
     let mut st = state.lock().expect("double state");
     st.requests += 1;
-    let route = route_of(&method, &segments);
+    let route = route_of(method, segments);
     *st.counts.entry(route).or_default() += 1;
 
-    if auth.as_deref() != Some(&format!("Bearer {}", options.token)) {
+    if auth != Some(&format!("Bearer {}", options.token)) {
         return error(
             &st,
             StatusCode::UNAUTHORIZED,
@@ -529,31 +760,40 @@ async fn handle(state: &Mutex<State>, options: &Mutex<Options>, req: Request<Inc
         );
         return r;
     }
-    if body == Value::String("<invalid json>".into()) {
+    if inject_failure(&mut st, options) {
+        st.failed += 1;
+        return error(
+            &st,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "Unexpected server-side error",
+        );
+    }
+    if *body == Value::String("<invalid json>".into()) {
         return bad_request(&st, "the request body is not valid JSON");
     }
 
     let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
-    match (&method, seg.as_slice()) {
-        (&Method::GET, ["v2", "droplets"]) => list_droplets(&st, &path, &query),
-        (&Method::POST, ["v2", "droplets"]) => create_droplet(&mut st, &options, &body),
-        (&Method::GET, ["v2", "droplets", id]) => get_droplet(&mut st, &options, id),
-        (&Method::DELETE, ["v2", "droplets", id]) => delete_droplet(&mut st, &options, id),
+    match (method, seg.as_slice()) {
+        (&Method::GET, ["v2", "droplets"]) => list_droplets(&st, &path, query),
+        (&Method::POST, ["v2", "droplets"]) => create_droplet(&mut st, options, body),
+        (&Method::GET, ["v2", "droplets", id]) => get_droplet(&mut st, options, id),
+        (&Method::DELETE, ["v2", "droplets", id]) => delete_droplet(&mut st, options, id),
         (&Method::POST, ["v2", "droplets", id, "actions"]) => {
-            droplet_action(&mut st, &options, id, &body)
+            droplet_action(&mut st, options, id, body)
         }
-        (&Method::GET, ["v2", "actions", id]) => get_action(&mut st, &options, id),
+        (&Method::GET, ["v2", "actions", id]) => get_action(&mut st, options, id),
         (&Method::GET, ["v2", "account", "keys"]) => {
             let keys = st.keys.values().cloned().collect();
-            paged(&st, "ssh_keys", &path, &query, keys)
+            paged(&st, "ssh_keys", &path, query, keys)
         }
-        (&Method::POST, ["v2", "account", "keys"]) => create_key(&mut st, &body),
-        (m, ["v2", "account", "keys", id]) => key_by_id(&mut st, m, id, &body),
+        (&Method::POST, ["v2", "account", "keys"]) => create_key(&mut st, body),
+        (m, ["v2", "account", "keys", id]) => key_by_id(&mut st, m, id, body),
         (&Method::GET, ["v2", "firewalls"]) => {
             let fws = st.firewalls.values().cloned().collect();
-            paged(&st, "firewalls", &path, &query, fws)
+            paged(&st, "firewalls", &path, query, fws)
         }
-        (&Method::POST, ["v2", "firewalls"]) => put_firewall(&mut st, None, &body),
+        (&Method::POST, ["v2", "firewalls"]) => put_firewall(&mut st, None, body),
         (&Method::GET, ["v2", "firewalls", id]) => match st.firewalls.get(*id) {
             Some(fw) => reply(&st, StatusCode::OK, Some(json!({"firewall": fw}))),
             None => not_found(&st),
@@ -562,7 +802,7 @@ async fn handle(state: &Mutex<State>, options: &Mutex<Options>, req: Request<Inc
             if !st.firewalls.contains_key(*id) {
                 return not_found(&st);
             }
-            put_firewall(&mut st, Some(id), &body)
+            put_firewall(&mut st, Some(id), body)
         }
         (&Method::DELETE, ["v2", "firewalls", id]) => match st.firewalls.remove(*id) {
             Some(_) => reply(&st, StatusCode::NO_CONTENT, None),
@@ -586,7 +826,7 @@ async fn handle(state: &Mutex<State>, options: &Mutex<Options>, req: Request<Inc
             )
         }
         (m @ (&Method::POST | &Method::DELETE), ["v2", "tags", tag, "resources"]) => {
-            tag_resources(&mut st, *m == Method::POST, tag, &body)
+            tag_resources(&mut st, *m == Method::POST, tag, body)
         }
         _ => not_found(&st),
     }
@@ -1032,4 +1272,178 @@ fn tag_resources(st: &mut State, add: bool, tag: &str, body: &Value) -> Reply {
         d.json["tags"] = json!(tags);
     }
     reply(st, StatusCode::NO_CONTENT, None)
+}
+
+impl Drop for Double {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let found = self.take_violations();
+        assert!(
+            found.is_empty(),
+            "the DigitalOcean double saw {} spec violation(s) (take_violations() to expect them):\n{}",
+            found.len(),
+            found.join("\n")
+        );
+    }
+}
+
+/// Whether this request gets an injected 500 (`fail_every`, `fail_rate`).
+fn inject_failure(st: &mut State, options: &Options) -> bool {
+    if let Some(every) = options.fail_every
+        && every > 0
+        && st.requests.is_multiple_of(every)
+    {
+        return true;
+    }
+    if options.fail_rate > 0.0 {
+        // xorshift64*: a fixed sequence, so a failing run can be repeated.
+        let mut x = st.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        st.rng = x;
+        let draw = (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64;
+        return draw < options.fail_rate;
+    }
+    false
+}
+
+/// `%XX` (and, for query strings, `+`) decoded; bad escapes kept as text.
+fn percent_decode(s: &str, plus_is_space: bool) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' if plus_is_space => out.push(b' '),
+            b'%' => match s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                Some(b) => {
+                    out.push(b);
+                    i += 3;
+                    continue;
+                }
+                None => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// An `application/x-www-form-urlencoded` query string as pairs (the last
+/// of a repeated key wins).
+fn form_decode(q: &str) -> BTreeMap<String, String> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k, true), percent_decode(v, true))
+        })
+        .collect()
+}
+
+/// Pairs as an `application/x-www-form-urlencoded` query string.
+fn form_encode(pairs: &[(String, String)]) -> String {
+    let enc = |s: &str| {
+        let mut out = String::new();
+        for b in s.bytes() {
+            match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'*' | b'-' | b'.' | b'_' => {
+                    out.push(b as char)
+                }
+                b' ' => out.push('+'),
+                b => out.push_str(&format!("%{b:02X}")),
+            }
+        }
+        out
+    };
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// MD5 (RFC 1321), for SSH key fingerprints; written out so that the
+/// double needs no crate beyond what the workspace's test targets share.
+fn md5(data: &[u8]) -> [u8; 16] {
+    const S: [u32; 64] = [
+        7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22, 5, 9, 14, 20, 5, 9, 14, 20, 5,
+        9, 14, 20, 5, 9, 14, 20, 4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23, 6, 10,
+        15, 21, 6, 10, 15, 21, 6, 10, 15, 21, 6, 10, 15, 21,
+    ];
+    let k: Vec<u32> = (0..64)
+        .map(|i| ((i as f64 + 1.0).sin().abs() * 4_294_967_296.0) as u32)
+        .collect();
+    let mut msg = data.to_vec();
+    let bit_len = (data.len() as u64).wrapping_mul(8);
+    msg.push(0x80);
+    while msg.len() % 64 != 56 {
+        msg.push(0);
+    }
+    msg.extend_from_slice(&bit_len.to_le_bytes());
+    let (mut a0, mut b0, mut c0, mut d0) = (
+        0x6745_2301u32,
+        0xefcd_ab89u32,
+        0x98ba_dcfeu32,
+        0x1032_5476u32,
+    );
+    for chunk in msg.chunks(64) {
+        let m: Vec<u32> = chunk
+            .chunks(4)
+            .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+            .collect();
+        let (mut a, mut b, mut c, mut d) = (a0, b0, c0, d0);
+        for i in 0..64 {
+            let (f, g) = match i / 16 {
+                0 => ((b & c) | (!b & d), i),
+                1 => ((d & b) | (!d & c), (5 * i + 1) % 16),
+                2 => (b ^ c ^ d, (3 * i + 5) % 16),
+                _ => (c ^ (b | !d), (7 * i) % 16),
+            };
+            let f = f.wrapping_add(a).wrapping_add(k[i]).wrapping_add(m[g]);
+            a = d;
+            d = c;
+            c = b;
+            b = b.wrapping_add(f.rotate_left(S[i]));
+        }
+        a0 = a0.wrapping_add(a);
+        b0 = b0.wrapping_add(b);
+        c0 = c0.wrapping_add(c);
+        d0 = d0.wrapping_add(d);
+    }
+    let mut out = [0u8; 16];
+    for (i, w) in [a0, b0, c0, d0].iter().enumerate() {
+        out[i * 4..i * 4 + 4].copy_from_slice(&w.to_le_bytes());
+    }
+    out
+}
+
+#[cfg(test)]
+mod helper_tests {
+    use super::*;
+
+    #[test]
+    fn md5_and_form_encoding() {
+        let hex = |d: [u8; 16]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        assert_eq!(hex(md5(b"")), "d41d8cd98f00b204e9800998ecf8427e");
+        assert_eq!(
+            hex(md5(b"The quick brown fox jumps over the lazy dog")),
+            "9e107d9d372bb6826bd81d3542a419d6"
+        );
+        let q = form_decode("tag_name=berth-lineage%3Aab&per_page=200&x=a+b");
+        assert_eq!(q["tag_name"], "berth-lineage:ab");
+        assert_eq!(q["x"], "a b");
+        assert_eq!(
+            form_encode(&[("tag_name".into(), "berth-lineage:ab c".into())]),
+            "tag_name=berth-lineage%3Aab+c"
+        );
+        assert_eq!(percent_decode("a%2Fb%zz", false), "a/b%zz");
+    }
 }
