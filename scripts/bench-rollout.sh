@@ -7,9 +7,10 @@
 #     (connect/read/write/timeout) while the rollout runs (target: 0 failed);
 #   - the wall time of the rolling `berth apply --auto-approve` (date +%s.%N);
 #   - the reference 5 x (single container start + 1 s health interval), where
-#     "start" is the wall time of one `docker run -d` of the same image; the
-#     time from `docker run` to Docker reporting it healthy (1 s health
-#     interval) is printed too.
+#     "start" is the wall time of one `docker run -d` of the same image (with
+#     the same exec-form health check baked into a derived image, since the
+#     image has no shell for --health-cmd); the time from `docker run` to
+#     Docker reporting it healthy (1 s interval) is printed too.
 #
 # The setup (untimed): the demo app's build context (examples/local/app, from
 # scripts/build-demo-image.sh) is copied to a temp dir, and a berth.hcl there
@@ -61,7 +62,7 @@ cleanup() {
     docker ps -aq --filter "name=$PREFIX" | xargs -r docker rm -f >/dev/null 2>&1
     docker ps -aq --filter "label=$LABEL" | xargs -r docker rm -f >/dev/null 2>&1
     docker network ls -q --filter "name=$PREFIX" | xargs -r docker network rm >/dev/null 2>&1
-    docker rmi -f "$PREFIX:latest" >/dev/null 2>&1
+    docker rmi -f "$PREFIX-probe:latest" "$PREFIX:latest" >/dev/null 2>&1
     if [[ "${BENCH_KEEP:-0}" == 1 ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
     exit "$rc"
 }
@@ -132,12 +133,19 @@ berth apply --auto-approve >"$WORK/apply-v1.log" 2>&1 || {
 curl -fsS --max-time 5 "http://127.0.0.1:$PORT/api/ping" >/dev/null || die "no answer on port $PORT"
 
 section "bench-rollout: single container start (docker run -d, health interval ${HEALTH_INTERVAL}s)"
+# The image is FROM scratch: no shell for `docker run --health-cmd` (shell
+# form), so the exec-form health check goes into a derived image instead.
+mkdir -p "$WORK/probe"
+printf 'FROM %s\nHEALTHCHECK --interval=%ss CMD ["/demo-app", "healthcheck"]\n' \
+    "$PREFIX:latest" "$HEALTH_INTERVAL" >"$WORK/probe/Dockerfile"
+DOCKER_BUILDKIT=0 docker build -q --label "$LABEL" -t "$PREFIX-probe:latest" "$WORK/probe" >/dev/null
 t0="$(now)"
-probe_cid="$(docker run -d --label "$LABEL" --name "$PREFIX-probe" \
-    --health-cmd '/demo-app healthcheck' --health-interval "${HEALTH_INTERVAL}s" \
-    "$PREFIX:latest")"
+probe_cid="$(docker run -d --label "$LABEL" --name "$PREFIX-probe" "$PREFIX-probe:latest")"
 t1="$(now)"
-until [[ "$(docker inspect -f '{{.State.Health.Status}}' "$probe_cid")" == healthy ]]; do
+for ((i = 0; ; i++)); do
+    status="$(docker inspect -f '{{.State.Health.Status}}' "$probe_cid")"
+    [[ "$status" == healthy ]] && break
+    ((i < 600)) || die "the probe container is still $status after 30 s"
     sleep 0.05
 done
 t2="$(now)"

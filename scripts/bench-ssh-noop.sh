@@ -205,7 +205,7 @@ cat <<EOF
 date:      $(date -u +%FT%TZ)
 berth:     $("$BERTH" --version 2>&1 | head -n1)
 cpus:      $(nproc)   load average: $(cut -d' ' -f1-3 /proc/loadavg)
-host A:    ${login_count[a]} SSH login(s), ${requests[a]} Docker API request(s): $(sort "$WORK/requests-a.txt" | uniq -c | awk '{ printf "%s%s x %s", (NR > 1 ? ", " : ""), $1, $2 }')
-host B:    ${login_count[b]} SSH login(s), ${requests[b]} Docker API request(s): $(sort "$WORK/requests-b.txt" | uniq -c | awk '{ printf "%s%s x %s", (NR > 1 ? ", " : ""), $1, $2 }')
+host A:    ${login_count[a]} SSH login(s), ${requests[a]} Docker API request(s): $(sort "$WORK/requests-a.txt" | uniq -c | awk '{ printf "%s%s x %s %s", (NR > 1 ? ", " : ""), $1, $2, $3 }')
+host B:    ${login_count[b]} SSH login(s), ${requests[b]} Docker API request(s): $(sort "$WORK/requests-b.txt" | uniq -c | awk '{ printf "%s%s x %s %s", (NR > 1 ? ", " : ""), $1, $2, $3 }')
 EOF
 cat "$WORK/hyperfine.md"
