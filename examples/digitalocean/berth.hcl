@@ -106,9 +106,9 @@ resource "docker_container" "app" {
 }
 
 check "ping" {
-  url      = "http://${digitalocean_droplet.web.ipv4_address}:5000/api/ping"
-  timeout  = "120s"
-  retries  = 20
+  url     = "http://${digitalocean_droplet.web.ipv4_address}:5000/api/ping"
+  timeout = "120s"
+  retries = 20
 }
 
 output "url" {

@@ -133,6 +133,28 @@ impl Moto {
     }
 }
 
+impl Moto {
+    /// CPU time moto has used (user + system, all threads), from
+    /// `/proc/PID/stat` in clock ticks of 10 ms.
+    fn cpu(&self) -> Duration {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // The fields after the command name, which is in parentheses.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        // utime and stime, fields 14 and 15 of the line: 11 and 12 here.
+        Duration::from_millis((ticks(11) + ticks(12)) * 10)
+    }
+}
+
 impl Drop for Moto {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -278,21 +300,22 @@ impl Proxy {
             .pool_max_idle_per_host(64)
             .build()
             .expect("client");
-        let (lat, cnt) = (latency_ms.clone(), counts.clone());
+        let shared = Arc::new(Forwarding {
+            client,
+            upstream,
+            latency_ms: latency_ms.clone(),
+            counts: counts.clone(),
+        });
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let (lat, cnt, client, upstream) =
-                    (lat.clone(), cnt.clone(), client.clone(), upstream.clone());
+                let shared = shared.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        let (lat, cnt, client, upstream) =
-                            (lat.clone(), cnt.clone(), client.clone(), upstream.clone());
-                        async move {
-                            Ok::<_, Infallible>(forward(req, &client, &upstream, &lat, &cnt).await)
-                        }
+                        let shared = shared.clone();
+                        async move { Ok::<_, Infallible>(forward(req, &shared).await) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -317,13 +340,15 @@ impl Proxy {
     }
 }
 
-async fn forward(
-    req: Request<Incoming>,
-    client: &reqwest::Client,
-    upstream: &str,
-    latency_ms: &AtomicU64,
-    counts: &Mutex<BTreeMap<String, u64>>,
-) -> Response<Full<Bytes>> {
+/// What the proxy's connections share.
+struct Forwarding {
+    client: reqwest::Client,
+    upstream: String,
+    latency_ms: Arc<AtomicU64>,
+    counts: Arc<Mutex<BTreeMap<String, u64>>>,
+}
+
+async fn forward(req: Request<Incoming>, f: &Forwarding) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
     let body = body
         .collect()
@@ -334,16 +359,17 @@ async fn forward(
         .split('&')
         .find_map(|p| p.strip_prefix("Action=").map(str::to_owned))
         .unwrap_or_else(|| format!("{} {}", parts.method, parts.uri.path()));
-    *counts.lock().expect("counts").entry(action).or_default() += 1;
-    let ms = latency_ms.load(Ordering::Relaxed);
+    *f.counts.lock().expect("counts").entry(action).or_default() += 1;
+    let ms = f.latency_ms.load(Ordering::Relaxed);
     if ms > 0 {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     let target = format!(
-        "{upstream}{}",
+        "{}{}",
+        f.upstream,
         parts.uri.path_and_query().map_or("/", |p| p.as_str())
     );
-    let mut out = client.request(parts.method.clone(), target).body(body);
+    let mut out = f.client.request(parts.method.clone(), target).body(body);
     for (k, v) in &parts.headers {
         if !matches!(k.as_str(), "host" | "content-length" | "connection") {
             out = out.header(k, v);
@@ -545,34 +571,77 @@ fn secs(d: Duration) -> String {
     format!("{:.2} s", d.as_secs_f64())
 }
 
-/// Times `runs` plans of project `t`; returns the timing, the API calls of
-/// the last run (DigitalOcean routes and EC2 actions) and whether the plan
-/// was empty.
+/// The servers' own time: the double's work on requests and moto's CPU.
+struct Servers<'a> {
+    double: &'a do_double::Double,
+    moto: &'a Moto,
+}
+
+impl Servers<'_> {
+    fn time(&self) -> Duration {
+        self.double.busy() + self.moto.cpu()
+    }
+}
+
+/// What the timed plans of one project showed.
+#[derive(Default)]
+struct Plans {
+    /// Wall time of each plan.
+    times: Vec<Duration>,
+    /// The API calls of the last run: DigitalOcean routes, `EC2 <Action>`.
+    calls: BTreeMap<String, u64>,
+    /// Server time (double and moto) in the last run, latency not counted.
+    server: Duration,
+    /// Whether every plan was empty.
+    no_op: bool,
+}
+
+impl Plans {
+    fn wall(&self) -> Timing {
+        timing(self.times.clone())
+    }
+}
+
+/// One untimed plan of each project with the spec check on; then `runs`
+/// rounds of one timed plan of each project in turn, with it off (in turn,
+/// so that a server slowing down over time does not weigh on one project).
 async fn time_plans(
-    t: &TestEnv,
+    projects: &[&TestEnv],
     runs: usize,
     double: &do_double::Double,
     proxy: &Proxy,
-) -> (Timing, BTreeMap<String, u64>, bool) {
-    // One untimed plan first (page cache, sled files).
-    let (out, _) = run_berth(t, &["plan"]).await;
-    check(&out, "warm-up plan");
-    let mut times = Vec::new();
-    let mut calls = BTreeMap::new();
-    let mut no_op = true;
+    servers: &Servers<'_>,
+) -> Vec<Plans> {
+    double.set_check_spec(true);
+    for t in projects {
+        let (out, _) = run_berth(t, &["plan"]).await;
+        check(&out, "warm-up plan");
+    }
+    double.set_check_spec(false);
+    let mut plans: Vec<Plans> = projects
+        .iter()
+        .map(|_| Plans {
+            no_op: true,
+            ..Plans::default()
+        })
+        .collect();
     for _ in 0..runs {
-        double.reset_counts();
-        proxy.take_counts();
-        let (out, took) = run_berth(t, &["plan"]).await;
-        check(&out, "plan");
-        no_op &= String::from_utf8_lossy(&out.stdout).contains("No changes.");
-        times.push(took);
-        calls = double.counts();
-        for (k, v) in proxy.take_counts() {
-            calls.insert(format!("EC2 {k}"), v);
+        for (t, p) in projects.iter().zip(plans.iter_mut()) {
+            double.reset_counts();
+            proxy.take_counts();
+            let busy = servers.time();
+            let (out, took) = run_berth(t, &["plan"]).await;
+            check(&out, "plan");
+            p.no_op &= String::from_utf8_lossy(&out.stdout).contains("No changes.");
+            p.times.push(took);
+            p.server = servers.time() - busy;
+            p.calls = double.counts();
+            for (k, v) in proxy.take_counts() {
+                p.calls.insert(format!("EC2 {k}"), v);
+            }
         }
     }
-    (timing(times), calls, no_op)
+    plans
 }
 
 /// What one kind of read costs.
@@ -582,13 +651,16 @@ enum Read {
 }
 
 /// Terraform's refresh: one read per resource, `parallelism` at a time;
-/// the wall time.
+/// the wall time and the server time (summed over all calls).
 async fn per_resource(
     reads: Vec<Read>,
     parallelism: usize,
     double: &do_double::Double,
-    ec2_endpoint: &str,
-) -> Duration {
+    proxy: &Proxy,
+    servers: &Servers<'_>,
+) -> (Duration, Duration) {
+    let ec2_endpoint = proxy.endpoint.as_str();
+    let busy = servers.time();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(parallelism)
         .build()
@@ -641,7 +713,7 @@ async fn per_resource(
         errors.len(),
         errors[0]
     );
-    took
+    (took, servers.time() - busy)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -788,12 +860,28 @@ async fn p3_refresh_against_per_resource_reads() {
         check(&out, "state push");
     }
 
+    let servers = Servers {
+        double: &double,
+        moto: &moto,
+    };
     // Everything from here on is 50 ms away.
     double.set_latency(latency);
     proxy.set_latency(latency);
-    let (do_time, do_calls, do_noop) = time_plans(&do_only, runs, &double, &proxy).await;
-    let (ec2_time, ec2_calls, ec2_noop) = time_plans(&ec2_only, runs, &double, &proxy).await;
-    let (both_time, both_calls, both_noop) = time_plans(&both, runs, &double, &proxy).await;
+    let mut plans = time_plans(
+        &[&do_only, &ec2_only, &both],
+        runs,
+        &double,
+        &proxy,
+        &servers,
+    )
+    .await
+    .into_iter();
+    let (do_plans, ec2_plans, both_plans) = (
+        plans.next().expect("droplet plans"),
+        plans.next().expect("instance plans"),
+        plans.next().expect("plans of both"),
+    );
+    let spec_checked = double.spec_checked();
 
     let droplet_reads = || {
         seeded
@@ -811,95 +899,130 @@ async fn p3_refresh_against_per_resource_reads() {
     };
     double.reset_counts();
     proxy.take_counts();
-    let do_base = per_resource(droplet_reads(), parallelism, &double, &proxy.endpoint).await;
-    let do_base_calls = double.count("GET /v2/droplets/{id}");
-    let ec2_base = per_resource(instance_reads(), parallelism, &double, &proxy.endpoint).await;
+    let do_base = per_resource(droplet_reads(), parallelism, &double, &proxy, &servers).await;
+    let do_base_calls = double.count("GET /v2/droplets/{id}") as usize;
+    let ec2_base = per_resource(instance_reads(), parallelism, &double, &proxy, &servers).await;
     let ec2_base_calls = proxy
         .take_counts()
         .get("DescribeInstances")
         .copied()
-        .unwrap_or(0);
+        .unwrap_or(0) as usize;
     // Both types through one pool of `parallelism`, as `terraform plan`.
     let mut mixed: Vec<Read> = Vec::new();
     for (d, i) in droplet_reads().into_iter().zip(instance_reads()) {
         mixed.push(d);
         mixed.push(i);
     }
-    let both_base = per_resource(mixed, parallelism, &double, &proxy.endpoint).await;
+    let both_base = per_resource(mixed, parallelism, &double, &proxy, &servers).await;
 
-    let droplet_list = do_calls.get("GET /v2/droplets").copied().unwrap_or(0);
-    let ec2_list = ec2_calls.get("EC2 DescribeInstances").copied().unwrap_or(0);
-    let do_total: u64 = do_calls.values().sum();
-    let ec2_total: u64 = ec2_calls.values().sum();
-    let both_total: u64 = both_calls.values().sum();
-    let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
+    let droplet_list = do_plans.calls.get("GET /v2/droplets").copied().unwrap_or(0);
+    let ec2_list = ec2_plans
+        .calls
+        .get("EC2 DescribeInstances")
+        .copied()
+        .unwrap_or(0);
+    let total = |p: &Plans| p.calls.values().sum::<u64>() as usize;
+    let ms = |calls: usize, parallel: usize| {
+        secs(latency * u32::try_from(calls.div_ceil(parallel)).unwrap_or(u32::MAX))
+    };
+    let row = |name: &str,
+               p: &Plans,
+               target: usize,
+               sequential: usize,
+               base_calls: usize,
+               base: (Duration, Duration)| {
+        format!(
+            "| {name} | {} ({target}) | {} ({}–{}) | {} | {} | {base_calls} | {} | {} | {} | {:.0}× | {:.1}× |",
+            total(p),
+            secs(p.wall().median),
+            secs(p.wall().min),
+            secs(p.wall().max),
+            secs(p.server),
+            ms(sequential, 1),
+            secs(base.0),
+            secs(base.1),
+            ms(base_calls, parallelism),
+            base_calls as f64 / total(p).max(1) as f64,
+            base.0.as_secs_f64() / p.wall().median.as_secs_f64(),
+        )
+    };
 
     println!();
     println!(
         "P3: `berth plan` with {n} droplets and {n} EC2 instances in state, {} ms latency per \
-         API call; per-resource baseline at parallelism {parallelism}. berth: median of {runs} \
-         plans (min–max), whole process.",
+         API call; per-resource baseline at parallelism {parallelism}. berth: median (min–max) of \
+         {runs} plans, whole process (the three projects' plans in turn). Server time: the \
+         DigitalOcean double's time on the calls plus moto's CPU time (latency not counted; moto is one Python process, so its \
+         CPU time bounds the wall time of everything that reaches it). Latency floor: the calls' \
+         latency alone (berth's pages of one type are sequential, the types concurrent; the \
+         baseline's reads {parallelism} at a time).",
         latency.as_millis()
     );
     println!();
     println!(
-        "| type | berth API calls (target) | berth `plan` wall | per-resource calls | \
-         per-resource wall | calls ratio | wall ratio |"
+        "| type | berth calls (target) | berth `plan` wall | berth server time | berth latency floor | \
+         per-resource calls | per-resource wall | per-resource server time | per-resource latency floor | \
+         calls ratio | wall ratio |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     println!(
-        "| digitalocean_droplet | {do_total} ({}) | {} ({}–{}) | {do_base_calls} | {} | {:.0}× | {:.1}× |",
-        n.div_ceil(DO_PAGE),
-        secs(do_time.median),
-        secs(do_time.min),
-        secs(do_time.max),
-        secs(do_base),
-        do_base_calls as f64 / do_total.max(1) as f64,
-        ratio(do_base, do_time.median)
-    );
-    println!(
-        "| aws_instance | {ec2_total} ({}) | {} ({}–{}) | {ec2_base_calls} | {} | {:.0}× | {:.1}× |",
-        n.div_ceil(EC2_PAGE),
-        secs(ec2_time.median),
-        secs(ec2_time.min),
-        secs(ec2_time.max),
-        secs(ec2_base),
-        ec2_base_calls as f64 / ec2_total.max(1) as f64,
-        ratio(ec2_base, ec2_time.median)
+        "{}",
+        row(
+            "digitalocean_droplet",
+            &do_plans,
+            n.div_ceil(DO_PAGE),
+            n.div_ceil(DO_PAGE),
+            do_base_calls,
+            do_base
+        )
     );
     println!(
-        "| both, one plan | {both_total} ({}) | {} ({}–{}) | {} | {} | {:.0}× | {:.1}× |",
-        n.div_ceil(DO_PAGE) + n.div_ceil(EC2_PAGE),
-        secs(both_time.median),
-        secs(both_time.min),
-        secs(both_time.max),
-        2 * n,
-        secs(both_base),
-        (2 * n) as f64 / both_total.max(1) as f64,
-        ratio(both_base, both_time.median)
+        "{}",
+        row(
+            "aws_instance",
+            &ec2_plans,
+            n.div_ceil(EC2_PAGE),
+            n.div_ceil(EC2_PAGE),
+            ec2_base_calls,
+            ec2_base
+        )
+    );
+    println!(
+        "{}",
+        row(
+            "both, one plan",
+            &both_plans,
+            n.div_ceil(DO_PAGE) + n.div_ceil(EC2_PAGE),
+            n.div_ceil(DO_PAGE).max(n.div_ceil(EC2_PAGE)),
+            2 * n,
+            both_base
+        )
     );
     println!();
     println!(
-        "berth's calls by route/action (last run): droplets {do_calls:?}; instances {ec2_calls:?}; both {both_calls:?}"
+        "berth's calls by route/action (last run): droplets {:?}; instances {:?}; both {:?}",
+        do_plans.calls, ec2_plans.calls, both_plans.calls
     );
     println!(
-        "plans were no-ops: droplets {do_noop}, instances {ec2_noop}, both {both_noop}; DigitalOcean \
-         requests and answers checked against the OpenAPI spec: {}",
-        double.spec_checked()
+        "plans were no-ops: droplets {}, instances {}, both {}; DigitalOcean requests and \
+         answers of the untimed plans checked against the OpenAPI spec: {spec_checked}",
+        do_plans.no_op, ec2_plans.no_op, both_plans.no_op
     );
 
     assert_eq!(
         droplet_list as usize,
         n.div_ceil(DO_PAGE),
-        "droplet refresh is ceil(N/200) list calls: {do_calls:?}"
+        "droplet refresh is ceil(N/200) list calls: {:?}",
+        do_plans.calls
     );
     assert_eq!(
         ec2_list as usize,
         n.div_ceil(EC2_PAGE),
-        "instance refresh is ceil(N/1000) DescribeInstances: {ec2_calls:?}"
+        "instance refresh is ceil(N/1000) DescribeInstances: {:?}",
+        ec2_plans.calls
     );
     assert!(
-        do_noop && ec2_noop && both_noop,
+        do_plans.no_op && ec2_plans.no_op && both_plans.no_op,
         "the plans should be empty"
     );
     double.assert_spec_clean();

@@ -154,10 +154,8 @@ struct Violations {
 
 impl Shared {
     fn add_busy(&self, d: Duration) {
-        self.busy_ns.fetch_add(
-            d.as_nanos() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        self.busy_ns
+            .fetch_add(d.as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn record(&self, route: &str, op: &str, what: &str, problems: Vec<String>) {
@@ -273,7 +271,11 @@ impl Double {
     /// Time spent working on requests: routing, state, the spec check; not
     /// the injected latency.
     pub fn busy(&self) -> Duration {
-        Duration::from_nanos(self.shared.busy_ns.load(std::sync::atomic::Ordering::Relaxed))
+        Duration::from_nanos(
+            self.shared
+                .busy_ns
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     /// Changes the pause before every answer.
