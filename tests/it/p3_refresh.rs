@@ -683,7 +683,10 @@ async fn per_resource(
                         let status = r.status();
                         let body = r.bytes().await.map_err(|e| e.to_string())?;
                         let v: Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
-                        if status != 200 || v["droplet"]["id"].to_string() != id {
+                        if status != 200
+                            || v["droplet"]["id"].as_u64().map(|i| i.to_string())
+                                != Some(id.clone())
+                        {
                             return Err(format!("droplet {id}: {status} {v}"));
                         }
                     }

@@ -21,7 +21,22 @@
 //! - tags: create (201, also for an existing tag), tag and untag droplets;
 //! - bearer auth (401 `unauthorized`), unknown ids (404 `not_found`),
 //!   optional rate limiting (every Nth request is a 429 with `Retry-After:
-//!   1` and `ratelimit-remaining: 0`), and request counters per route.
+//!   1` and `ratelimit-remaining: 0`), `ratelimit-limit` /
+//!   `ratelimit-remaining` / `ratelimit-reset` on every answer, and request
+//!   counters per route;
+//! - injected faults: `500 server_error` on every Nth request
+//!   (`fail_every`) or on a share of them from a fixed-seed generator
+//!   (`fail_rate`), neither acted on; and a pause before every answer
+//!   (`latency`, e.g. 50 ms for benchmarks). All three can be changed while
+//!   the double runs.
+//!
+//! The contract check (module [`spec`]): every request (path and query
+//! parameters, JSON body) and every answer (status, JSON body, documented
+//! headers) is validated against the operation in DigitalOcean's OpenAPI
+//! spec. Violations are recorded; a [`Double`] dropped with unexamined
+//! violations fails the test, and tests that send wrong requests on purpose
+//! take them with [`Double::take_violations`]. Routes the spec lacks are
+//! listed by [`Double::unvalidated_routes`] (none of those berth uses).
 
 #![allow(dead_code)]
 
