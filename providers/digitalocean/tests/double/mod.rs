@@ -1,7 +1,7 @@
 //! An in-process double of the DigitalOcean API v2, for the provider's
 //! tests: a hyper server on `127.0.0.1:0` that keeps droplets, actions, SSH
 //! keys, firewalls and tags in memory and answers as the official OpenAPI
-//! spec (`/work/shared/specs/digitalocean`) describes the operations berth
+//! spec (`shared/specs/digitalocean` beside the checkout) describes the operations berth
 //! uses:
 //!
 //! - droplets: create (202 with `links.actions`; `name`, `size`, `image`
