@@ -6,6 +6,7 @@
 //! labels that let refresh find berth's objects in one list call, and the
 //! [`ProviderError`] type. It imports nothing of berth's own.
 
+pub mod attrs;
 pub mod duration;
 pub mod http;
 pub mod schema;
