@@ -216,9 +216,15 @@ pub fn write_demo_context(t: &TestEnv) {
     let app = t.path().join("app");
     std::fs::create_dir_all(&app).expect("mkdir app");
     std::fs::copy(demo_binary(), app.join("demo-app")).expect("copy demo-app");
+    // The label first makes every layer this test builds its own, so another
+    // test's cleanup of an identical image can never remove a layer this
+    // test's build is using (tests share one engine and run in parallel).
     std::fs::write(
         app.join("Dockerfile"),
-        "FROM scratch\nCOPY demo-app /demo-app\nEXPOSE 5000\nENTRYPOINT [\"/demo-app\"]\n",
+        format!(
+            "FROM scratch\nLABEL berth.test-run=\"{}\"\nCOPY demo-app /demo-app\nEXPOSE 5000\nENTRYPOINT [\"/demo-app\"]\n",
+            t.env
+        ),
     )
     .expect("Dockerfile");
 }
