@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # P4: a rolling update of 5 replicas behind the load balancer, under steady
-# load from wrk, on the local Docker engine.
+# load from wrk, on the local Docker engine, for each load balancer kind
+# (berth-proxy, the default, and nginx).
 #
-# Measures:
+# Measures, per kind:
 #   - wrk's total requests, non-2xx/3xx responses and socket errors
-#     (connect/read/write/timeout) while the rollout runs (target: 0 failed);
-#   - the wall time of the rolling `berth apply --auto-approve` (date +%s.%N);
+#     (connect/read/write/timeout) while the rollout runs (target: 0 failed,
+#     0 socket errors);
+#   - the wall time of the rolling `berth apply --auto-approve` (date +%s.%N),
+#     with every progress line of the apply stamped with its second (the
+#     split: start, health wait, load balancer change, drain, stop);
 #   - the reference 5 x (single container start + 1 s health interval), where
 #     "start" is the wall time of one `docker run -d` of the same image (with
 #     the same exec-form health check baked into a derived image, since the
@@ -15,22 +19,57 @@
 # The setup (untimed): the demo app's build context (examples/local/app, from
 # scripts/build-demo-image.sh) is copied to a temp dir, and a berth.hcl there
 # builds it and runs 5 replicas (env VERSION=1) behind the load balancer
-# (berth-test-nginx:latest, from scripts/build-lb-image.sh) on a free port,
+# (`kind = "berth-proxy"` with berth-proxy:<version> from
+# scripts/build-proxy-image.sh, or `kind = "nginx"` with
+# berth-test-nginx:latest from scripts/build-lb-image.sh) on a free port,
 # with healthcheck ["CMD","/demo-app","healthcheck"] every 1 s and
 # wait = true. wrk (-t2 -c8) runs against /api/ping from 2 s before the
 # VERSION=2 apply until 2 s after it, then is stopped with SIGINT (it prints
 # its summary then).
 #
-# usage: scripts/bench-rollout.sh
+# usage: scripts/bench-rollout.sh [--kind berth-proxy|nginx|both]   (default both)
 # env:   BERTH         berth binary (default: <target dir>/release/berth)
 #        BENCH_KEEP=1  keep the temp dir (logs, berth.hcl) after the run
-# Needs: a running dockerd, wrk, berth-test-nginx:latest, and the demo-app
+# Needs: a running dockerd, wrk, the load balancer image(s), and the demo-app
 # binary in examples/local/app. Everything created is named
 # berth-bench-rollout-<pid>* (containers, network, image) or labelled
 # berth.bench=bench-rollout-<pid> and removed on exit, even on failure.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+KIND=both
+while (($#)); do
+    case "$1" in
+    --kind)
+        KIND="${2:?--kind needs berth-proxy, nginx or both}"
+        shift 2
+        ;;
+    -h | --help)
+        awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
+        exit 0
+        ;;
+    *) die "unknown argument: $1 (see --help)" ;;
+    esac
+done
+case "$KIND" in
+both)
+    # One run per kind, each with its own names, port and cleanup.
+    "$0" --kind berth-proxy
+    "$0" --kind nginx
+    exit 0
+    ;;
+berth-proxy)
+    version="$(sed -n '/^\[workspace.package\]/,/^\[/ s/^version = "\(.*\)"/\1/p' "$BERTH_ROOT/Cargo.toml")"
+    LB_IMAGE="berth-proxy:$version"
+    LB_SCRIPT=scripts/build-proxy-image.sh
+    ;;
+nginx)
+    LB_IMAGE=berth-test-nginx:latest
+    LB_SCRIPT=scripts/build-lb-image.sh
+    ;;
+*) die "--kind must be berth-proxy, nginx or both, not $KIND" ;;
+esac
 
 REPLICAS=5
 HEALTH_INTERVAL=1
@@ -39,14 +78,13 @@ PREFIX="berth-$ENV_NAME" # berth-bench-rollout-<pid>
 LABEL="berth.bench=$ENV_NAME"
 TARGET_DIR="$(cargo_target_dir)"
 BERTH="${BERTH:-$TARGET_DIR/release/berth}"
-LB_IMAGE=berth-test-nginx:latest
 
 [[ -x "$BERTH" ]] || die "no berth binary at $BERTH (cargo build --release -p berth)"
 command -v wrk >/dev/null || die "wrk is missing (apt-get install -y wrk)"
 [[ -x "$BERTH_ROOT/examples/local/app/demo-app" ]] ||
     die "no demo-app in examples/local/app (run scripts/build-demo-image.sh)"
 docker image inspect "$LB_IMAGE" >/dev/null 2>&1 ||
-    die "no $LB_IMAGE image (run scripts/build-lb-image.sh)"
+    die "no $LB_IMAGE image (run $LB_SCRIPT)"
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/berth-bench-rollout.XXXXXX")"
 wrk_pid=""
@@ -110,6 +148,7 @@ resource "docker_container" "web" {
   }
 
   load_balancer {
+    kind  = "$KIND"
     image = "$LB_IMAGE"
   }
 
@@ -124,8 +163,16 @@ EOF
 berth() { (cd "$WORK" && "$BERTH" --env "$ENV_NAME" "$@"); }
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
+# Prefixes each line with the seconds since $1 (a `now` value), so the
+# apply log shows where the rollout's time goes.
+stamp() {
+    local line
+    while IFS= read -r line; do
+        printf '%7.2f %s\n' "$(elapsed "$1" "$EPOCHREALTIME")" "$line"
+    done
+}
 
-section "bench-rollout: setup (untimed): $REPLICAS replicas, VERSION=1, port $PORT"
+section "bench-rollout ($KIND): setup (untimed): $REPLICAS replicas, VERSION=1, port $PORT"
 berth apply --auto-approve >"$WORK/apply-v1.log" 2>&1 || {
     cat "$WORK/apply-v1.log" >&2
     die "initial apply failed"
@@ -156,13 +203,13 @@ healthy_s="$(elapsed "$t0" "$t2")"
 reference_s="$(awk -v s="$start_s" -v n="$REPLICAS" -v i="$HEALTH_INTERVAL" 'BEGIN { printf "%.2f", n * (s + i) }')"
 log "docker run -d: ${start_s}s; run -> healthy: ${healthy_s}s"
 
-section "bench-rollout: rolling update to VERSION=2 under wrk -t2 -c8"
+section "bench-rollout ($KIND): rolling update to VERSION=2 under wrk -t2 -c8"
 wrk -t2 -c8 -d600s --latency "http://127.0.0.1:$PORT/api/ping" >"$WORK/wrk.txt" 2>&1 &
 wrk_pid=$!
 sleep 2
 t0="$(now)"
 rc=0
-berth apply --auto-approve -var version=2 >"$WORK/apply-v2.log" 2>&1 || rc=$?
+berth apply --auto-approve -var version=2 2>&1 | stamp "$t0" >"$WORK/apply-v2.log" || rc=$?
 t1="$(now)"
 sleep 2
 kill -INT "$wrk_pid"
@@ -180,8 +227,9 @@ requests="$(awk '/requests in/ { print $1 }' "$WORK/wrk.txt")"
 non2xx="$(awk -F': ' '/Non-2xx or 3xx responses/ { print $2 }' "$WORK/wrk.txt")"
 sockerr="$(sed -n 's/.*Socket errors: *//p' "$WORK/wrk.txt")"
 
-section "bench-rollout: results"
+section "bench-rollout ($KIND): results"
 cat <<EOF
+load balancer:        $KIND ($LB_IMAGE)
 date:                 $(date -u +%FT%TZ)
 berth:                $("$BERTH" --version 2>&1 | head -n1)
 cpus:                 $(nproc)   load average: $(cut -d' ' -f1-3 /proc/loadavg)

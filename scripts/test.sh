@@ -17,6 +17,7 @@ bash scripts/ensure-test-deps.sh
 # that image runs before the suite depends on it.
 bash scripts/build-demo-image.sh --smoke-test
 bash scripts/build-lb-image.sh
+bash scripts/build-proxy-image.sh
 
 if [[ "${BERTH_TEST_RUNNER:-}" != cargo-test ]] && cargo nextest --version >/dev/null 2>&1; then
     # nextest does not run doctests. They go first so that the runner's last

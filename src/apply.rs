@@ -468,8 +468,9 @@ async fn run_op(
                 Some(id) => ui.status(&format!("{address}: {verb}... [id={}]", short_id(id))),
                 None => ui.status(&format!("{address}: {verb}...")),
             }
-            // Rolling replacements report each replica's step; the others
-            // show provider details with -v.
+            // Rolling replacements report each replica's step; the others'
+            // provider lines are shown all with -v, else at most one per
+            // ten seconds (see `Ui::detail`).
             let progress = |line: &str| {
                 if call == Call::Replace {
                     ui.status(&format!("{address}: {line}"));
@@ -586,20 +587,21 @@ fn elapsed(started: Instant) -> String {
     }
 }
 
-/// Runs `fut` with a live line on a terminal, or else printing
-/// "Still creating... [10s elapsed]" every ten seconds.
+/// Runs `fut` as a step of `address`: with a live line on a terminal, or
+/// else printing "Still creating... [10s elapsed]" every ten seconds (with
+/// the newest provider line held back since the last one shown).
 async fn with_ticker<T>(
     fut: impl std::future::Future<Output = T>,
     ui: &Ui,
     address: &str,
     verb: &str,
 ) -> T {
+    let mut title = verb.to_owned();
+    if let Some(first) = title.get_mut(..1) {
+        first.make_ascii_uppercase();
+    }
+    let _step = ui.step(address, &format!("{title}..."));
     if ui.live() {
-        let mut title = verb.to_owned();
-        if let Some(first) = title.get_mut(..1) {
-            first.make_ascii_uppercase();
-        }
-        let _step = ui.step(&format!("{address}: {title}..."));
         return fut.await;
     }
     let started = Instant::now();
@@ -612,7 +614,7 @@ async fn with_ticker<T>(
         tokio::select! {
             out = &mut fut => return out,
             _ = ticker.tick() => {
-                ui.status(&format!("{address}: Still {verb}... [{}s elapsed]", started.elapsed().as_secs()));
+                ui.still(address, verb, started.elapsed());
             }
         }
     }

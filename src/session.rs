@@ -147,7 +147,8 @@ impl Session {
         })
     }
 
-    /// Configures every provider that the configuration or the state uses.
+    /// Configures every provider that the configuration or the state uses,
+    /// and every provider with a `provider` block.
     pub async fn configure_providers(&self) -> Result<(), Error> {
         let mut used: BTreeSet<&'static str> = BTreeSet::new();
         let types = self
@@ -164,6 +165,13 @@ impl Session {
             );
         for t in types {
             if let Some(p) = self.loaded.registry.provider_for(t) {
+                used.insert(p.name());
+            }
+        }
+        // A `provider` block is configured even when none of its types is
+        // used: the docker provider logs in to ECR through the AWS one.
+        for block in &self.loaded.config.providers {
+            if let Some(p) = self.loaded.registry.by_name(&block.name) {
                 used.insert(p.name());
             }
         }

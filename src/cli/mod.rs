@@ -7,7 +7,7 @@
 //! are accepted too: [`normalize_args`] rewrites them before clap sees them.
 
 mod commands;
-mod planfile;
+pub mod planfile;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -302,7 +302,7 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!(
-            "berth={level},berth_docker={level},berth_state={level}"
+            "berth={level},berth_docker={level},berth_ssh={level},berth_state={level}"
         ))
     });
     let _ = tracing_subscriber::fmt()

@@ -151,24 +151,41 @@ pub fn write(
     std::fs::rename(&tmp, path).map_err(io)
 }
 
+/// The largest plan file berth reads.
+pub const MAX_PLAN_BYTES: u64 = 64 * 1024 * 1024;
+
 /// Reads a saved plan, refusing anything that is not one.
 pub fn read(path: &Path) -> Result<Saved, Error> {
-    let bytes = std::fs::read(path).map_err(|e| Error::Io {
+    let io = |message: String| Error::Io {
         path: path.display().to_string(),
-        message: e.to_string(),
-    })?;
-    let saved: Saved = serde_json::from_slice(&bytes).map_err(|e| Error::Io {
-        path: path.display().to_string(),
-        message: format!("not a berth plan file: {e}"),
-    })?;
+        message,
+    };
+    let file = std::fs::File::open(path).map_err(|e| io(e.to_string()))?;
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(file, MAX_PLAN_BYTES + 1),
+        &mut bytes,
+    )
+    .map_err(|e| io(e.to_string()))?;
+    if bytes.len() as u64 > MAX_PLAN_BYTES {
+        return Err(io(format!(
+            "not a berth plan file: larger than {} MiB",
+            MAX_PLAN_BYTES / 1024 / 1024
+        )));
+    }
+    decode(&bytes).map_err(io)
+}
+
+/// Decodes a saved plan's bytes, refusing anything that is not one, with a
+/// message saying why.
+pub fn decode(bytes: &[u8]) -> Result<Saved, String> {
+    let saved: Saved =
+        serde_json::from_slice(bytes).map_err(|e| format!("not a berth plan file: {e}"))?;
     if saved.format != FORMAT || saved.version != VERSION {
-        return Err(Error::Io {
-            path: path.display().to_string(),
-            message: format!(
-                "plan file format `{}` version {} is not supported (expected `{FORMAT}` version {VERSION})",
-                saved.format, saved.version
-            ),
-        });
+        return Err(format!(
+            "plan file format `{}` version {} is not supported (expected `{FORMAT}` version {VERSION})",
+            saved.format, saved.version
+        ));
     }
     Ok(saved)
 }

@@ -54,6 +54,7 @@ pub fn parse(source: Arc<SourceFile>, base_dir: PathBuf) -> Result<Config, Diagn
         outputs: Vec::new(),
         checks: Vec::new(),
         backend: None,
+        resource_index: Default::default(),
     };
     let mut seen: HashSet<String> = HashSet::new();
     for structure in body.iter() {

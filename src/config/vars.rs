@@ -203,9 +203,17 @@ fn check_shape(value: Value, ty: &str) -> Result<Value, String> {
     if ok { Ok(value) } else { Err(ty.to_owned()) }
 }
 
-fn read_var_file(path: &PathBuf) -> Result<BTreeMap<String, Value>, Diagnostic> {
-    let text = std::fs::read_to_string(path)
+fn read_var_file(path: &std::path::Path) -> Result<BTreeMap<String, Value>, Diagnostic> {
+    // Bounded like the configuration file, so `-var-file /dev/zero` is an
+    // error rather than a process that eats all memory.
+    let bytes = super::read_bounded(path)
         .map_err(|e| Diagnostic::bare(format!("cannot read var file `{}`: {e}", path.display())))?;
+    let text = String::from_utf8(bytes).map_err(|_| {
+        Diagnostic::bare(format!(
+            "cannot read var file `{}`: it is not valid UTF-8",
+            path.display()
+        ))
+    })?;
     let body: hcl::Body =
         hcl::from_str(&text).map_err(|e| Diagnostic::bare(format!("`{}`: {e}", path.display())))?;
     let ctx = hcl::eval::Context::new();

@@ -88,6 +88,11 @@ pub struct ResourceChange {
     /// The provider replaces the object itself, keeping the old one serving
     /// until the new one is ready (a rolling update of replicas).
     pub rolling: bool,
+    /// Sensitive attributes the provider reported as `null`: it cannot read
+    /// them back (GitLab's hidden variables), so berth can only compare the
+    /// configuration with the keyed hash it stored, and a change made
+    /// outside berth stays unseen. The plan says so.
+    pub unreadable: BTreeSet<String>,
 }
 
 /// A whole plan for one environment.
@@ -560,6 +565,7 @@ fn delete_change(
         depends_on: record.map(|r| r.depends_on.clone()).unwrap_or_default(),
         config_hash: None,
         rolling: false,
+        unreadable: BTreeSet::new(),
     }
 }
 
@@ -603,9 +609,11 @@ fn diff(
         depends_on: Vec::new(),
         config_hash: config_hash.clone(),
         rolling: false,
+        unreadable: BTreeSet::new(),
     };
 
     // The object as it is: state overlaid with what refresh saw.
+    let mut adopting = false;
     let before: Attrs = match (record, seen) {
         (None, None) => {
             change.action = Action::Create;
@@ -619,20 +627,25 @@ fn diff(
         (None, Some(o)) => {
             change.prior_id = Some(o.id.clone());
             change.before = Some(o.attrs.clone());
-            if config_hash.is_some() && o.config_hash == config_hash {
-                change.action = Action::Adopt;
-                change.reason = Some("found with berth's labels but missing from state (an apply was interrupted); it matches the configuration".to_owned());
-            } else {
+            if config_hash.is_none() || o.config_hash != config_hash {
                 change.action = Action::Replace;
                 change.reason = Some("found with berth's labels but missing from state, built from another configuration".to_owned());
+                return change;
             }
-            return change;
+            // Made from this configuration, but an apply killed in the
+            // middle of a create that takes several calls (a security
+            // group's rules after the group) may have left it half made:
+            // compare what refresh read back before adopting it.
+            adopting = true;
+            o.attrs.clone()
         }
         (Some(r), Some(o)) => {
             let mut attrs = r.attrs.clone();
             for (k, v) in &o.attrs {
                 if !r.sensitive.contains(k) {
                     attrs.insert(k.clone(), v.clone());
+                } else if v.is_null() && r.attrs.contains_key(k) {
+                    change.unreadable.insert(k.clone());
                 }
             }
             change.prior_id = Some(o.id.clone());
@@ -656,6 +669,11 @@ fn diff(
         if !settable(name) || lifecycle.ignore_changes.iter().any(|i| i == name) {
             continue;
         }
+        // An object being adopted is judged only on what refresh read back
+        // in plain text (never on a secret, which state would hold hashed).
+        if adopting && (!before.contains_key(name) || change.sensitive.contains(name.as_str())) {
+            continue;
+        }
         let computed = schema.attribute(name).map(|a| a.computed).unwrap_or(false);
         let old = before.get(name.as_str()).unwrap_or(&Value::Null);
         let differs = match desired.attrs.get(name.as_str()) {
@@ -675,6 +693,30 @@ fn diff(
         }
     }
     change.before = Some(before);
+    if adopting {
+        let differs: Vec<&str> = change.changed.iter().map(String::as_str).collect();
+        let found = "found with berth's labels but missing from state (an apply was interrupted)";
+        (change.action, change.reason) = if differs.is_empty() {
+            (
+                Action::Adopt,
+                Some(format!("{found}; it matches the configuration")),
+            )
+        } else {
+            let action = if change.forces_replacement.is_empty() {
+                Action::Update
+            } else {
+                Action::Replace
+            };
+            (
+                action,
+                Some(format!(
+                    "{found}, made from this configuration but left unfinished: {} differ",
+                    differs.join(", ")
+                )),
+            )
+        };
+        return change;
+    }
     change.action = if !change.forces_replacement.is_empty() {
         Action::Replace
     } else if !change.changed.is_empty() {
@@ -702,5 +744,107 @@ fn values_equal(a: &Value, b: &Value) -> bool {
             })
         }
         _ => a == b,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_provider::{AttrSchema, AttrType};
+    use serde_json::json;
+
+    fn schema() -> ResourceSchema {
+        ResourceSchema {
+            type_name: "test_group",
+            attributes: vec![
+                AttrSchema::required("name", AttrType::String).force_new(),
+                AttrSchema::optional("rules", AttrType::ListOfString),
+            ],
+            blocks: vec![],
+        }
+    }
+
+    fn desired() -> Evaluated {
+        Evaluated {
+            attrs: BTreeMap::from([
+                ("name".to_owned(), PValue::Known(json!("web"))),
+                ("rules".to_owned(), PValue::Known(json!(["22"]))),
+            ]),
+            sensitive: BTreeSet::new(),
+        }
+    }
+
+    /// An object found with berth's labels and this configuration's hash
+    /// but no state record (berth was killed after creating it).
+    fn found(attrs: Value, key: &StateKey) -> Observed {
+        let hash = redacted(&desired(), key).map(|a| hash_attrs(&a));
+        Observed {
+            address: "test_group.g".to_owned(),
+            id: "g-1".to_owned(),
+            attrs: attrs
+                .as_object()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+            config_hash: hash,
+        }
+    }
+
+    fn plan_for(observed: &Observed, key: &StateKey) -> ResourceChange {
+        diff(
+            "test_group.g",
+            "test_group",
+            &schema(),
+            &desired(),
+            None,
+            Some(observed),
+            key,
+            &crate::config::Lifecycle::default(),
+        )
+    }
+
+    #[test]
+    fn a_finished_object_missing_from_state_is_adopted() {
+        let key = StateKey::from_bytes([7; 32]);
+        let change = plan_for(&found(json!({"name": "web", "rules": ["22"]}), &key), &key);
+        assert_eq!(change.action, Action::Adopt);
+    }
+
+    #[test]
+    fn a_half_made_object_missing_from_state_is_finished_not_adopted_as_is() {
+        // Killed after the create call and before the rules were set: the
+        // hash label matches, the rules do not.
+        let key = StateKey::from_bytes([7; 32]);
+        let change = plan_for(&found(json!({"name": "web", "rules": []}), &key), &key);
+        assert_eq!(change.action, Action::Update);
+        assert_eq!(change.prior_id.as_deref(), Some("g-1"));
+        assert!(change.changed.contains("rules"));
+        assert!(
+            change
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.contains("rules differ")),
+            "{:?}",
+            change.reason
+        );
+    }
+
+    #[test]
+    fn a_half_made_object_differing_in_a_replacing_attribute_is_replaced() {
+        let key = StateKey::from_bytes([7; 32]);
+        let change = plan_for(
+            &found(json!({"name": "other", "rules": ["22"]}), &key),
+            &key,
+        );
+        assert_eq!(change.action, Action::Replace);
+        assert_eq!(change.prior_id.as_deref(), Some("g-1"));
+    }
+
+    #[test]
+    fn attributes_refresh_does_not_read_back_are_not_drift_when_adopting() {
+        let key = StateKey::from_bytes([7; 32]);
+        let change = plan_for(&found(json!({"name": "web"}), &key), &key);
+        assert_eq!(change.action, Action::Adopt);
     }
 }

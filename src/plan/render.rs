@@ -31,6 +31,7 @@ pub fn render(plan: &Plan, schemas: &dyn SchemaLookup) -> String {
             "No changes. The environment `{}` matches the configuration.",
             plan.env
         );
+        unreadable_note(&mut out, plan);
         return out;
     }
     let used: BTreeSet<Action> = shown.iter().map(|c| c.action).collect();
@@ -68,7 +69,35 @@ pub fn render(plan: &Plan, schemas: &dyn SchemaLookup) -> String {
         let _ = write!(out, ", {adopt} to adopt");
     }
     out.push_str(".\n");
+    unreadable_note(&mut out, plan);
     out
+}
+
+/// Names the sensitive values the provider cannot read back, whose changes
+/// made outside berth the plan therefore cannot see.
+fn unreadable_note(out: &mut String, plan: &Plan) {
+    let unreadable: Vec<String> = plan
+        .changes
+        .iter()
+        .filter(|c| matches!(c.action, Action::NoOp | Action::Update))
+        .flat_map(|c| {
+            c.unreadable
+                .iter()
+                .map(move |a| format!("{}.{a}", c.address))
+        })
+        .collect();
+    if unreadable.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\nNote: these sensitive values cannot be read back from the provider, so a \
+         change made outside berth is not seen; berth compares the configuration \
+         with the keyed hash it stored:"
+    );
+    for address in unreadable {
+        let _ = writeln!(out, "  - {address}");
+    }
 }
 
 fn headline(change: &ResourceChange) -> String {

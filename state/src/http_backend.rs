@@ -642,6 +642,7 @@ impl StateBackend for HttpBackend {
                     Ok(())
                 }
                 Some(holder) => {
+                    let holder = without_echo(holder, info);
                     let stale = holder.is_stale();
                     Err(StateError::Locked {
                         holder: Box::new(holder),
@@ -748,6 +749,23 @@ impl StateBackend for HttpBackend {
     fn describe(&self) -> String {
         format!("http state at {}", self.store.whence())
     }
+}
+
+/// The holder as the server described it, minus what it only echoed.
+///
+/// GitLab's 409 carries the holder's `ID`, `Who` and `Created` but echoes
+/// the requester's other fields (`Info`, which holds berth's pid, and
+/// `Operation`, `Version`): those then describe this process, not the
+/// holder, and are reported as unknown rather than passed off as the
+/// holder's (the pid would also make a dead holder look alive).
+fn without_echo(mut holder: LockInfo, mine: &LockInfo) -> LockInfo {
+    if holder.id != mine.id && holder.pid == mine.pid && holder.operation == mine.operation {
+        holder.pid = 0;
+        holder.operation =
+            "unknown (the server keeps only the lock's ID, user and time)".to_owned();
+        holder.version = String::new();
+    }
+    holder
 }
 
 #[cfg(test)]
@@ -885,6 +903,30 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("lock_method"), "{e}");
+    }
+
+    #[test]
+    fn a_holder_echoed_back_by_gitlab_is_not_taken_for_the_requester() {
+        let mine = LockInfo::new("apply", "state");
+        // GitLab's 409: the holder's ID, Who and Created, our other fields.
+        let echoed = LockInfo {
+            id: "holder-id".to_owned(),
+            who: "gitlab-user".to_owned(),
+            created: "2026-01-01T00:00:00Z".to_owned(),
+            ..mine.clone()
+        };
+        let holder = without_echo(echoed, &mine);
+        assert_eq!(holder.pid, 0);
+        assert!(holder.operation.starts_with("unknown"), "{holder:?}");
+        assert_eq!(holder.id, "holder-id");
+        assert!(!holder.is_stale());
+        // A server that stores the holder's own info keeps it.
+        let stored = LockInfo {
+            id: "holder-id".to_owned(),
+            pid: mine.pid.wrapping_add(1),
+            ..mine.clone()
+        };
+        assert_eq!(without_echo(stored.clone(), &mine), stored);
     }
 
     #[test]

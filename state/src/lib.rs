@@ -168,6 +168,27 @@ pub trait StateBackend: Send + Sync {
     fn describe(&self) -> String;
 }
 
+/// Decodes a state document as the remote stores keep it (and `berth
+/// state pull` prints it): `{"version": 1, "lineage", "serial",
+/// "resources", "outputs"}`. Anything else is [`StateError::Corrupt`]
+/// saying what was found.
+pub fn decode_document(bytes: &[u8]) -> Result<Snapshot, StateError> {
+    remote::Document::decode(bytes, "state document").map(remote::Document::into_snapshot)
+}
+
+/// Decodes one resource record as the sled store keeps it.
+pub fn decode_record(bytes: &[u8]) -> Result<ResourceRecord, StateError> {
+    sled_backend::decode("record", bytes)
+}
+
+/// Decodes a lock's holder as a store keeps it: berth's lock file, or
+/// Terraform's lock info (HTTP and S3 stores). `None` when it is neither.
+pub fn decode_lock(bytes: &[u8]) -> Option<LockInfo> {
+    serde_json::from_slice::<LockInfo>(bytes)
+        .ok()
+        .or_else(|| remote::TfLockInfo::parse(bytes))
+}
+
 /// The backend kinds [`open_backend`] knows.
 pub const BACKEND_KINDS: &[&str] = &["local", "http", "pg", "s3"];
 

@@ -70,10 +70,26 @@ pub(crate) fn describe_held(holder: &LockInfo, stale: bool) -> String {
         holder.path,
         holder.operation,
         holder.who,
-        holder.pid,
-        holder.version,
+        if holder.pid == 0 {
+            "unknown".to_owned()
+        } else {
+            holder.pid.to_string()
+        },
+        if holder.version.is_empty() {
+            "unknown"
+        } else {
+            &holder.version
+        },
         holder.created,
     );
+    if !stale && holder.pid == 0 && !holder.id.is_empty() {
+        s.push_str(&format!(
+            "\nthe store does not say which process holds the lock, so berth cannot tell whether \
+             it still runs; if no other berth is using this state, `berth force-unlock {}` removes \
+             the lock",
+            holder.id
+        ));
+    }
     if stale {
         s.push_str(&format!(
             "\nthe process that took the lock (pid {} on this host) is no longer running; \
@@ -193,5 +209,17 @@ mod tests {
         assert!(stale.starts_with(&live));
         assert!(stale.contains("pid 1234 on this host"));
         assert!(stale.contains("`berth force-unlock abc123`"));
+
+        // A store that keeps no pid (GitLab): unknown, with the way out.
+        let anonymous = LockInfo {
+            pid: 0,
+            version: String::new(),
+            ..info
+        };
+        let text = describe_held(&anonymous, false);
+        assert!(text.contains("PID:       unknown"), "{text}");
+        assert!(text.contains("Version:   unknown"), "{text}");
+        assert!(text.contains("cannot tell whether it still runs"), "{text}");
+        assert!(text.contains("`berth force-unlock abc123`"), "{text}");
     }
 }

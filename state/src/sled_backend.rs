@@ -448,7 +448,10 @@ fn store_err(path: &Path, message: String) -> StateError {
     }
 }
 
-fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StateError> {
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    key: &str,
+    bytes: &[u8],
+) -> Result<T, StateError> {
     serde_json::from_slice(bytes).map_err(|e| StateError::Corrupt {
         key: key.to_owned(),
         message: e.to_string(),

@@ -436,3 +436,34 @@ impl Drop for Sshd {
         self.stop();
     }
 }
+
+/// The moto server: `BERTH_MOTO_SERVER`, else `bin/moto_server` of the
+/// venv that `scripts/ensure-test-deps.sh` makes (`BERTH_MOTO_VENV`, default
+/// `~/.cache/berth-moto-venv`), else PATH.
+pub fn moto_server() -> PathBuf {
+    if let Some(p) = std::env::var_os("BERTH_MOTO_SERVER") {
+        return PathBuf::from(p);
+    }
+    let venv = std::env::var_os("BERTH_MOTO_VENV").map_or_else(
+        || {
+            let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+            PathBuf::from(home).join(".cache/berth-moto-venv")
+        },
+        PathBuf::from,
+    );
+    let in_venv = venv.join("bin/moto_server");
+    if in_venv.exists() {
+        return in_venv;
+    }
+    for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
+        let candidate = dir.join("moto_server");
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!(
+        "no moto_server: run scripts/ensure-test-deps.sh, or point BERTH_MOTO_SERVER at one \
+         (looked in {} and PATH)",
+        venv.display()
+    );
+}

@@ -1,21 +1,27 @@
 //! GitLab CI/CD variables through the berth binary, against the GitLab API
 //! double (`providers/gitlab/tests/double`, built from GitLab's docs and
-//! request specs): create, no-op, update in place, masking rules found by
-//! `validate` at the value's file:line:col, secrets kept out of output and
-//! state, destroy.
+//! request specs): create, no-op, update in place, a variable deleted in
+//! GitLab re-created, a file variable holding a real SSH private key, a
+//! scope change (a replacement), a hidden variable (drift in what GitLab
+//! shows; a new configured value through the keyed hash), server errors
+//! retried during refresh, masking rules found by `validate` at the value's
+//! file:line:col before any API call, secrets kept out of output and state,
+//! destroy.
 
 #[allow(clippy::duplicate_mod, unused_imports)]
 #[path = "../../providers/gitlab/tests/double/mod.rs"]
-mod double;
+pub(crate) mod double;
 
 use crate::common::TestEnv;
 
-struct Running {
-    double: double::Double,
+/// The double, served by a runtime of its own while the test drives the
+/// berth binary.
+pub(crate) struct Running {
+    pub(crate) double: double::Double,
     _runtime: tokio::runtime::Runtime,
 }
 
-fn start() -> Running {
+pub(crate) fn start() -> Running {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -165,4 +171,155 @@ fn a_masked_value_gitlab_would_refuse_is_a_diagnostic_before_any_call() {
         "no API call was made: {:?}",
         d.counts()
     );
+}
+
+fn lifecycle_config(base_url: &str, scope: &str, hidden_value: &str) -> String {
+    format!(
+        r#"
+provider "gitlab" {{
+  base_url = "{base_url}"
+  token    = env("TEST_GITLAB_TOKEN")
+}}
+
+resource "gitlab_project_variable" "ssh_key" {{
+  project           = "group/project"
+  key               = "SSH_KEY"
+  value             = file("id_ed25519")
+  variable_type     = "file"
+  protected         = true
+  environment_scope = "{scope}"
+}}
+
+resource "gitlab_project_variable" "token" {{
+  project   = 2
+  key       = "DEPLOY_TOKEN"
+  value     = "{hidden_value}"
+  hidden    = true
+  protected = true
+}}
+"#
+    )
+}
+
+/// A real SSH private key in a file variable, a scope change (a
+/// replacement: the scope is part of the identity), a hidden variable whose
+/// value GitLab never shows again (drift in what it does show is found;
+/// a value change in the configuration is found through the keyed hash
+/// berth keeps), and injected server errors retried during refresh.
+#[test]
+fn file_keys_scope_changes_hidden_variables_and_server_errors() {
+    let running = start();
+    let d = &running.double;
+    let mut t = TestEnv::new("gitlab-life");
+    t.set_env("TEST_GITLAB_TOKEN", double::TOKEN);
+    let key = crate::common::ssh_keygen(&t.path().join("id_ed25519"), "ed25519");
+    assert!(key.contains("BEGIN OPENSSH PRIVATE KEY"));
+    let hidden = "Hidden-Deploy-Token-4d1f9a";
+    t.write_config(&lifecycle_config(&d.base_url, "review/*", hidden));
+
+    let apply = t.run(&["apply", "--auto-approve"]).ok();
+    let mut seen = format!("{}{}", apply.stdout, apply.stderr);
+    let stored = d.var(1, "SSH_KEY", "review/*").expect("SSH_KEY");
+    assert_eq!(stored.variable_type, "file");
+    assert!(stored.protected);
+    assert_eq!(stored.value, key, "the key file arrives byte for byte");
+    let token = d.var(2, "DEPLOY_TOKEN", "*").expect("DEPLOY_TOKEN");
+    assert!(token.hidden && token.masked);
+
+    // Server errors during refresh are retried: the plan still succeeds.
+    let lists = d.count("GET /projects/:id/variables");
+    d.fail_next(&[502, 503]);
+    let plan = t.run(&["plan", "--detailed-exitcode"]);
+    assert_eq!(plan.status, 0, "{}\n{}", plan.stdout, plan.stderr);
+    assert!(
+        d.count("GET /projects/:id/variables") >= lists + 4,
+        "two projects listed, two answers retried: {:?}",
+        d.counts()
+    );
+    // Even a plan without changes says which value GitLab cannot show.
+    assert!(
+        plan.stdout.contains("cannot be read back")
+            && plan
+                .stdout
+                .contains("  - gitlab_project_variable.token.value\n")
+            && !plan
+                .stdout
+                .contains("gitlab_project_variable.ssh_key.value"),
+        "{}",
+        plan.stdout
+    );
+
+    // The hidden value changed in GitLab cannot be seen (GitLab answers
+    // null), so it is no drift; its `protected` flag can, and is.
+    d.edit(2, "DEPLOY_TOKEN", "*", |v| {
+        v.value = "Changed-Behind-Berth-1".into();
+        v.protected = false;
+    });
+    let plan = t.run(&["plan", "--detailed-exitcode"]);
+    assert_eq!(plan.status, 2, "{}\n{}", plan.stdout, plan.stderr);
+    assert!(
+        plan.stdout
+            .contains("gitlab_project_variable.token will be updated in-place")
+            && plan.stdout.contains("protected")
+            && plan
+                .stdout
+                .contains("Plan: 0 to add, 1 to change, 0 to destroy."),
+        "{}",
+        plan.stdout
+    );
+    seen += &plan.stdout;
+    t.run(&["apply", "--auto-approve"]).ok();
+    assert!(d.var(2, "DEPLOY_TOKEN", "*").expect("token").protected);
+
+    // A new value in the configuration is seen through the keyed hash and
+    // written in place.
+    let rotated = "Rotated-Deploy-Token-8e2b7c";
+    t.write_config(&lifecycle_config(&d.base_url, "review/*", rotated));
+    let plan = t.run(&["plan"]).ok();
+    assert!(
+        plan.stdout
+            .contains("gitlab_project_variable.token will be updated in-place")
+            && plan.stdout.contains("(sensitive value)"),
+        "{}",
+        plan.stdout
+    );
+    seen += &plan.stdout;
+    t.run(&["apply", "--auto-approve"]).ok();
+    assert_eq!(d.var(2, "DEPLOY_TOKEN", "*").expect("token").value, rotated);
+
+    // Another scope is another variable: replaced, the old one deleted.
+    t.write_config(&lifecycle_config(&d.base_url, "staging", rotated));
+    let plan = t.run(&["plan"]).ok();
+    assert!(
+        plan.stdout
+            .contains("gitlab_project_variable.ssh_key must be replaced")
+            && plan
+                .stdout
+                .contains("Plan: 1 to add, 0 to change, 1 to destroy."),
+        "{}",
+        plan.stdout
+    );
+    seen += &plan.stdout;
+    let apply = t.run(&["apply", "--auto-approve"]).ok();
+    seen += &apply.stdout;
+    seen += &apply.stderr;
+    assert!(d.var(1, "SSH_KEY", "review/*").is_none());
+    assert_eq!(d.var(1, "SSH_KEY", "staging").expect("moved").value, key);
+
+    // Destroy removes both.
+    let destroy = t.run(&["destroy", "--auto-approve"]).ok();
+    seen += &destroy.stdout;
+    assert!(d.vars(1).is_empty() && d.vars(2).is_empty());
+
+    // Neither the key nor the tokens were shown or stored.
+    let key_body = key
+        .lines()
+        .nth(1)
+        .expect("the key has a body line")
+        .to_owned();
+    let state = String::from_utf8_lossy(&t.state_bytes()).into_owned();
+    for secret in [key_body.as_str(), hidden, rotated] {
+        assert!(!seen.contains(secret), "a secret was shown:\n{seen}");
+        assert!(!state.contains(secret), "a secret is in the state store");
+    }
 }

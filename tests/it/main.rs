@@ -4,16 +4,26 @@
 mod common;
 
 mod cli;
+mod cloud_e2e;
 mod diagnostics;
 mod docker;
+mod ecr;
 mod environments;
 mod gitlab;
 mod p3_refresh;
 mod pipeline;
+mod plan_calls;
 mod plan_output;
 mod registry;
 mod registry_push;
 mod registry_server;
+mod reliability_crash;
+mod reliability_faults;
+mod reliability_input;
+mod reliability_races;
+mod reliability_secrets;
+mod reliability_ssh;
+mod reliability_support;
 mod remote_state;
 mod rolling;
 mod secrets;

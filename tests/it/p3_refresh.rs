@@ -33,7 +33,6 @@ mod do_double;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -48,6 +47,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::common::TestEnv;
+use crate::common::moto_server;
 
 const DO_PAGE: usize = 200;
 const EC2_PAGE: usize = 1000;
@@ -66,34 +66,6 @@ fn knob(name: &str, default: usize) -> usize {
 }
 
 // ---------------------------------------------------------------- moto
-
-fn moto_server() -> PathBuf {
-    if let Some(p) = std::env::var_os("BERTH_MOTO_SERVER") {
-        return PathBuf::from(p);
-    }
-    let venv = std::env::var_os("BERTH_MOTO_VENV").map_or_else(
-        || {
-            let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
-            PathBuf::from(home).join(".cache/berth-moto-venv")
-        },
-        PathBuf::from,
-    );
-    let in_venv = venv.join("bin/moto_server");
-    if in_venv.exists() {
-        return in_venv;
-    }
-    for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
-        let candidate = dir.join("moto_server");
-        if candidate.is_file() {
-            return candidate;
-        }
-    }
-    panic!(
-        "no moto_server: run scripts/ensure-test-deps.sh, or point BERTH_MOTO_SERVER at one \
-         (looked in {} and PATH)",
-        venv.display()
-    );
-}
 
 /// A moto server on 127.0.0.1, killed (by its pid) when dropped.
 struct Moto {

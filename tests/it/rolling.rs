@@ -6,17 +6,27 @@
 //! request fails; a rollout whose new replicas never become healthy stops,
 //! leaves the old replicas serving and nothing temporary behind; scaling
 //! reloads the load balancer; a single container with a health check is
-//! replaced without a gap. Requests are counted, never timed.
+//! replaced without a gap. Behind berth-proxy (the default kind, image
+//! `berth-proxy:<version>` from scripts/build-proxy-image.sh), clients that
+//! keep their connections open see neither a failed request nor a closed
+//! connection during a rollout or a scale-down, also on a host reached over
+//! SSH (the sshd of `common::Sshd`). Requests are counted, never timed.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
 use crate::common::{
-    DockerCleanup, TestEnv, containers_with, docker, free_port, http_get, write_demo_context,
+    DockerCleanup, Sshd, TestEnv, containers_with, docker, free_port, http_get, write_demo_context,
 };
 
 const LB_IMAGE: &str = "berth-test-nginx:latest";
+/// The nginx load balancer block of the tests that use nginx.
+const NGINX_LB: &str = r#"load_balancer {
+    image = "berth-test-nginx:latest"
+  }"#;
+/// The image of the default kind, berth-proxy.
+const PROXY_IMAGE: &str = concat!("berth-proxy:", env!("CARGO_PKG_VERSION"));
 /// Requests the load loop makes at least, whatever the apply's duration.
 const MIN_REQUESTS: usize = 200;
 
@@ -29,6 +39,17 @@ fn lb_image_present() {
 }
 
 fn web_config(port: u16, replicas: u32, instance: &str, healthcheck: &str, extra: &str) -> String {
+    balanced_config(port, replicas, instance, healthcheck, NGINX_LB, extra)
+}
+
+fn balanced_config(
+    port: u16,
+    replicas: u32,
+    instance: &str,
+    healthcheck: &str,
+    balancer: &str,
+    extra: &str,
+) -> String {
     format!(
         r#"
 resource "docker_image" "app" {{
@@ -51,9 +72,7 @@ resource "docker_container" "web" {{
   {healthcheck}
   wait                  = true
   destroy_grace_seconds = 2
-  load_balancer {{
-    image = "{LB_IMAGE}"
-  }}
+  {balancer}
   {extra}
 }}
 "#
@@ -411,6 +430,309 @@ resource "docker_container" "worker" {{
     assert!(body.contains("\"instance\":\"two\""), "{body}");
     let plan = t.run(&["plan", "--detailed-exitcode"]);
     assert_eq!(plan.status, 0, "{}\n{}", plan.stdout, plan.stderr);
+    t.run(&["destroy", "--auto-approve"]).ok();
+    assert!(containers_with(&label(&t)).is_empty());
+}
+
+fn proxy_image_present() {
+    let id = docker(&["image", "inspect", "-f", "{{.Id}}", PROXY_IMAGE]);
+    assert!(
+        !id.trim().is_empty(),
+        "{PROXY_IMAGE} is missing: run scripts/build-proxy-image.sh first (scripts/test.sh does)"
+    );
+}
+
+/// What the keep-alive clients saw.
+#[derive(Debug, Default)]
+struct KeepAliveTally {
+    requests: usize,
+    not_ok: Vec<u16>,
+    /// Requests whose connection failed (closed, reset, unreadable answer).
+    connection_errors: Vec<String>,
+    /// Connections opened, the first of each client included.
+    connections: usize,
+}
+
+/// One HTTP/1.1 client that keeps its connection open between requests
+/// (as wrk does) and opens a new one only after a connection error.
+struct KeepAliveClient {
+    port: u16,
+    stream: Option<std::io::BufReader<std::net::TcpStream>>,
+}
+
+impl KeepAliveClient {
+    /// GET /api/ping on the open connection (opening one first if needed,
+    /// counted in `tally.connections`); the status, or what went wrong.
+    fn ping(&mut self, tally: &mut KeepAliveTally) -> Result<u16, String> {
+        use std::io::{BufRead, Read, Write};
+        if self.stream.is_none() {
+            let stream = std::net::TcpStream::connect(("127.0.0.1", self.port))
+                .map_err(|e| format!("connect: {e}"))?;
+            stream
+                .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                .map_err(|e| e.to_string())?;
+            tally.connections += 1;
+            self.stream = Some(std::io::BufReader::new(stream));
+        }
+        let Some(reader) = self.stream.as_mut() else {
+            return Err("no connection".into());
+        };
+        reader
+            .get_mut()
+            .write_all(b"GET /api/ping HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .map_err(|e| format!("write: {e}"))?;
+        let mut line = String::new();
+        reader
+            .read_line(&mut line)
+            .map_err(|e| format!("read: {e}"))?;
+        if line.is_empty() {
+            return Err("read: the connection closed before the answer".into());
+        }
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("bad status line {line:?}"))?;
+        let mut length = None;
+        let mut close = false;
+        loop {
+            let mut header = String::new();
+            reader
+                .read_line(&mut header)
+                .map_err(|e| format!("read: {e}"))?;
+            let header = header.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            let (name, value) = header.split_once(':').unwrap_or((header, ""));
+            match name.to_ascii_lowercase().as_str() {
+                "content-length" => length = value.trim().parse::<usize>().ok(),
+                "connection" => close = value.trim().eq_ignore_ascii_case("close"),
+                _ => {}
+            }
+        }
+        let length = length.ok_or("an answer without Content-Length")?;
+        let mut body = vec![0; length];
+        reader
+            .read_exact(&mut body)
+            .map_err(|e| format!("read body: {e}"))?;
+        if close {
+            // The server said so: closing is not an error.
+            self.stream = None;
+        }
+        Ok(status)
+    }
+}
+
+/// Threads each GETting /api/ping through `port` on one keep-alive
+/// connection, until told to stop and at least [`MIN_REQUESTS`] were made
+/// in all.
+struct KeepAliveLoad {
+    stop: Arc<AtomicBool>,
+    handles: Vec<JoinHandle<KeepAliveTally>>,
+}
+
+impl KeepAliveLoad {
+    const CLIENTS: usize = 2;
+
+    fn start(port: u16) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let handles = (0..Self::CLIENTS)
+            .map(|_| {
+                let flag = Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    let mut client = KeepAliveClient { port, stream: None };
+                    let mut tally = KeepAliveTally::default();
+                    let minimum = MIN_REQUESTS.div_ceil(Self::CLIENTS);
+                    while !(flag.load(Ordering::SeqCst) && tally.requests >= minimum) {
+                        tally.requests += 1;
+                        match client.ping(&mut tally) {
+                            Ok(200) => {}
+                            Ok(status) => tally.not_ok.push(status),
+                            Err(e) => {
+                                tally.connection_errors.push(e);
+                                client.stream = None;
+                            }
+                        }
+                    }
+                    tally
+                })
+            })
+            .collect();
+        Self { stop, handles }
+    }
+
+    fn finish(self) -> KeepAliveTally {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut all = KeepAliveTally::default();
+        for handle in self.handles {
+            let tally = handle.join().expect("a keep-alive client thread");
+            all.requests += tally.requests;
+            all.not_ok.extend(tally.not_ok);
+            all.connection_errors.extend(tally.connection_errors);
+            all.connections += tally.connections;
+        }
+        all
+    }
+}
+
+/// The proxy's upstream file (`docker cp` writes a tar to stdout).
+fn proxy_upstreams(t: &TestEnv) -> String {
+    docker(&[
+        "cp",
+        &format!("berth-it-{}-web-lb:/etc/berth-proxy/upstreams.json", t.env),
+        "-",
+    ])
+}
+
+#[test]
+fn keep_alive_clients_see_no_error_while_replicas_roll_behind_berth_proxy() {
+    proxy_image_present();
+    let t = TestEnv::new("rolling-proxy");
+    let _cleanup = DockerCleanup { env: t.env.clone() };
+    write_demo_context(&t);
+    let port = free_port();
+    let web = |k: u32| format!("berth-it-{}-web-{k}", t.env);
+    let lb = format!("berth-it-{}-web-lb", t.env);
+    // No `load_balancer` block: three replicas get the default kind,
+    // berth-proxy, with its default (locally built) image.
+    let config =
+        |replicas: u32, instance: &str| balanced_config(port, replicas, instance, HEALTHY, "", "");
+
+    t.write_config(&config(3, "v1"));
+    t.run(&["apply", "--auto-approve"]).ok();
+    let mut names = vec![web(1), web(2), web(3), lb.clone()];
+    names.sort();
+    assert_eq!(containers_with(&label(&t)), names);
+    let image = docker(&["inspect", "-f", "{{.Config.Image}}", &lb]);
+    let proxy_id = docker(&["image", "inspect", "-f", "{{.Id}}", PROXY_IMAGE]);
+    assert_eq!(
+        image.trim(),
+        proxy_id.trim(),
+        "the load balancer runs berth-proxy"
+    );
+    let upstreams = proxy_upstreams(&t);
+    for k in 1..=3 {
+        assert!(
+            upstreams.contains(&format!("\"name\":\"{}\"", web(k))),
+            "{upstreams}"
+        );
+    }
+    let (status, body) = http_get(port, "/api/ping").expect("the proxy answers");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"instance\":\"v1\""), "{body}");
+
+    // The rollout, under clients that keep their connections.
+    let old_ids: Vec<String> = (1..=3).map(|k| id_of(&web(k))).collect();
+    t.write_config(&config(3, "v2"));
+    let load = KeepAliveLoad::start(port);
+    let run = t.run(&["apply", "--auto-approve"]);
+    let tally = load.finish();
+    let run = run.ok();
+    assert_eq!(
+        (tally.not_ok.len(), tally.connection_errors.len()),
+        (0, 0),
+        "failed requests or connection errors during the rollout: {tally:?}\n{}",
+        run.stderr
+    );
+    assert_eq!(
+        tally.connections,
+        KeepAliveLoad::CLIENTS,
+        "each client kept its one connection: {tally:?}"
+    );
+    assert!(tally.requests >= MIN_REQUESTS, "{tally:?}");
+    for k in 1..=3 {
+        assert!(env_of(&web(k)).lines().any(|l| l == "INSTANCE=v2"));
+        assert!(
+            !old_ids.contains(&id_of(&web(k))),
+            "{} was not replaced",
+            web(k)
+        );
+    }
+    assert_eq!(containers_with(&label(&t)), names, "nothing temporary left");
+    // The proxy knows the replicas by their final names.
+    let upstreams = proxy_upstreams(&t);
+    assert!(!upstreams.contains("-next-"), "{upstreams}");
+    for k in 1..=3 {
+        assert!(
+            upstreams.contains(&format!("\"name\":\"{}\"", web(k))),
+            "{upstreams}"
+        );
+    }
+    let plan = t.run(&["plan", "--detailed-exitcode"]);
+    assert_eq!(plan.status, 0, "{}\n{}", plan.stdout, plan.stderr);
+
+    // Scaling down under the same load: the replica leaves the proxy and
+    // drains before it stops.
+    t.write_config(&config(2, "v2"));
+    let load = KeepAliveLoad::start(port);
+    let run = t.run(&["apply", "--auto-approve"]);
+    let tally = load.finish();
+    let run = run.ok();
+    assert_eq!(
+        (tally.not_ok.len(), tally.connection_errors.len()),
+        (0, 0),
+        "failed requests or connection errors while scaling down: {tally:?}\n{}",
+        run.stderr
+    );
+    assert_eq!(tally.connections, KeepAliveLoad::CLIENTS, "{tally:?}");
+    let upstreams = proxy_upstreams(&t);
+    assert!(!upstreams.contains(&web(3)), "{upstreams}");
+
+    t.run(&["destroy", "--auto-approve"]).ok();
+    assert!(containers_with(&label(&t)).is_empty());
+}
+
+#[test]
+fn berth_proxy_rolls_replicas_on_a_host_over_ssh_without_a_client_error() {
+    proxy_image_present();
+    let sshd = Sshd::started();
+    let mut t = TestEnv::new("rolling-proxy-ssh");
+    let _cleanup = DockerCleanup { env: t.env.clone() };
+    t.write("client_key", &sshd.client_key());
+    // No local engine: the proxy's upstream file and its admin endpoint
+    // (`/applied`, `/drained`) are reached through the SSH connection.
+    t.set_env("DOCKER_HOST", "unix:///nonexistent/berth-no-docker.sock");
+    write_demo_context(&t);
+    let port = free_port();
+    let host = format!(
+        "host {{\n    address     = \"127.0.0.1\"\n    port        = {}\n    \
+         private_key = file(\"client_key\")\n  }}",
+        sshd.port
+    );
+    let config = |instance: &str| {
+        balanced_config(port, 3, instance, HEALTHY, "", &host).replace(
+            "  build {\n    context = \"app\"\n  }\n",
+            &format!("  build {{\n    context = \"app\"\n  }}\n  {host}\n"),
+        )
+    };
+    let web = |k: u32| format!("berth-it-{}-web-{k}", t.env);
+
+    t.write_config(&config("v1"));
+    t.run(&["apply", "--auto-approve"]).ok();
+    let (status, _) = http_get(port, "/api/ping").expect("the proxy answers");
+    assert_eq!(status, 200);
+
+    t.write_config(&config("v2"));
+    let load = KeepAliveLoad::start(port);
+    let run = t.run(&["apply", "--auto-approve"]);
+    let tally = load.finish();
+    let run = run.ok();
+    assert_eq!(
+        (tally.not_ok.len(), tally.connection_errors.len()),
+        (0, 0),
+        "failed requests or connection errors during the rollout: {tally:?}\n{}",
+        run.stderr
+    );
+    assert_eq!(tally.connections, KeepAliveLoad::CLIENTS, "{tally:?}");
+    assert!(
+        run.stderr.contains("in effect after") && run.stderr.contains("drained after"),
+        "berth asked the proxy through SSH\n{}",
+        run.stderr
+    );
+    for k in 1..=3 {
+        assert!(env_of(&web(k)).lines().any(|l| l == "INSTANCE=v2"));
+    }
     t.run(&["destroy", "--auto-approve"]).ok();
     assert!(containers_with(&label(&t)).is_empty());
 }

@@ -15,6 +15,7 @@ use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::Duration;
 
@@ -100,9 +101,11 @@ fn serve(listener: TcpListener, instance: String) {
     for stream in listener.incoming() {
         match stream {
             Ok(stream) => {
-                let spawned = thread::Builder::new()
-                    .name("conn".into())
-                    .spawn(move || handle_connection(stream, instance));
+                let open = OpenConnection::new();
+                let spawned = thread::Builder::new().name("conn".into()).spawn(move || {
+                    let _open = open;
+                    handle_connection(stream, instance)
+                });
                 if let Err(err) = spawned {
                     eprintln!("demo-app: cannot spawn a connection thread: {err}");
                 }
@@ -320,17 +323,42 @@ fn instance_name() -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
-/// Exit at once on SIGTERM / SIGINT.
+/// Connections being served (accepted and not yet answered).
+static OPEN_CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
+/// Set by the SIGTERM / SIGINT handler.
+static TERMINATING: AtomicBool = AtomicBool::new(false);
+/// The longest a termination waits for open connections.
+const SHUTDOWN_GRACE: Duration = IO_TIMEOUT;
+
+/// Counts one connection in [`OPEN_CONNECTIONS`] while it lives.
+struct OpenConnection;
+
+impl OpenConnection {
+    fn new() -> Self {
+        OPEN_CONNECTIONS.fetch_add(1, Ordering::SeqCst);
+        OpenConnection
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        OPEN_CONNECTIONS.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// On SIGTERM / SIGINT: finish the requests being served (at most
+/// [`SHUTDOWN_GRACE`]), then exit 0.
 ///
 /// Why: in a container the app is PID 1, and the kernel drops signals whose
 /// disposition is the default for a namespace's init process. Without a
 /// handler `docker stop` waits its whole grace period (10 s) and then
-/// SIGKILLs. `std` cannot install a handler, so we declare the two libc
-/// functions we need ourselves instead of pulling in `libc` or
-/// `signal-hook`: `signal(2)` (glibc gives it BSD semantics, i.e. a persistent
-/// handler with SA_RESTART) and `_exit(2)`, which is async-signal-safe, unlike
-/// `std::process::exit`. The app holds no state worth flushing, so exiting
-/// from the handler is the whole shutdown.
+/// SIGKILLs. `std` cannot install a handler, so we declare the libc
+/// function we need ourselves instead of pulling in `libc` or
+/// `signal-hook`: `signal(2)` (glibc gives it BSD semantics, i.e. a
+/// persistent handler with SA_RESTART). The handler only sets an atomic
+/// flag (async-signal-safe); a watcher thread sees it, waits until no
+/// connection is open, and exits. A request a load balancer sent just
+/// before the stop is answered, not cut off.
 #[cfg(target_os = "linux")]
 fn exit_on_termination_signals() {
     use std::ffi::c_int;
@@ -338,17 +366,29 @@ fn exit_on_termination_signals() {
     const SIGTERM: c_int = 15;
     unsafe extern "C" {
         fn signal(signum: c_int, handler: extern "C" fn(c_int)) -> usize;
-        fn _exit(status: c_int) -> !;
     }
     extern "C" fn on_signal(_: c_int) {
-        // SAFETY: _exit is async-signal-safe and never returns.
-        unsafe { _exit(0) }
+        TERMINATING.store(true, Ordering::SeqCst);
     }
     for sig in [SIGINT, SIGTERM] {
-        // SAFETY: the handler only calls an async-signal-safe function.
+        // SAFETY: the handler only stores to an atomic, which is
+        // async-signal-safe.
         unsafe {
             signal(sig, on_signal);
         }
+    }
+    let watcher = thread::Builder::new().name("shutdown".into()).spawn(|| {
+        while !TERMINATING.load(Ordering::SeqCst) {
+            thread::sleep(Duration::from_millis(10));
+        }
+        let deadline = std::time::Instant::now() + SHUTDOWN_GRACE;
+        while OPEN_CONNECTIONS.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(5));
+        }
+        std::process::exit(0);
+    });
+    if let Err(err) = watcher {
+        eprintln!("demo-app: cannot start the shutdown thread: {err}");
     }
 }
 

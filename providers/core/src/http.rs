@@ -59,8 +59,11 @@ impl HttpClient {
         Self::with_policy(timeout, RetryPolicy::default())
     }
 
-    /// A client with `policy`.
+    /// A client with `policy`. `BERTH_HTTP_TIMEOUT` (seconds) replaces
+    /// `timeout` when set, e.g. for a slow network or for tests.
     pub fn with_policy(timeout: Duration, policy: RetryPolicy) -> Result<Self, ProviderError> {
+        let timeout = timeout_from_env(std::env::var("BERTH_HTTP_TIMEOUT").ok().as_deref())
+            .unwrap_or(timeout);
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
@@ -131,6 +134,12 @@ impl HttpClient {
     }
 }
 
+/// `BERTH_HTTP_TIMEOUT`'s value: whole or fractional seconds above zero.
+fn timeout_from_env(value: Option<&str>) -> Option<Duration> {
+    let secs: f64 = value?.trim().parse().ok()?;
+    (secs.is_finite() && secs > 0.0).then(|| Duration::from_secs_f64(secs))
+}
+
 fn transport_error(what: &str, e: &reqwest::Error) -> ProviderError {
     // reqwest's Display includes the URL; ours never carry secrets in URLs.
     let kind = if e.is_timeout() {
@@ -163,7 +172,23 @@ fn retry_delay_for(
     if !retryable {
         return None;
     }
-    Some(server_hint(response.headers()))
+    Some(hint_for(status, response.headers()))
+}
+
+/// The wait the server asks for before retrying an answer of `status`:
+/// `Retry-After` always, `RateLimit-Reset` only on a 429. DigitalOcean
+/// sends `RateLimit-Reset` (the end of the hourly window) on every
+/// answer, so reading it on a 500 would sleep the longest backoff instead
+/// of retrying soon.
+fn hint_for(status: u16, headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    if status == 429 {
+        return server_hint(headers);
+    }
+    let mut only_retry_after = reqwest::header::HeaderMap::new();
+    if let Some(v) = headers.get("retry-after") {
+        only_retry_after.insert("retry-after", v.clone());
+    }
+    server_hint(&only_retry_after)
 }
 
 /// The wait a server asks for: `Retry-After` (seconds or HTTP date), else
@@ -233,6 +258,39 @@ mod tests {
         let mut h = reqwest::header::HeaderMap::new();
         h.insert("ratelimit-reset", "3".parse().expect("header"));
         assert_eq!(server_hint(&h), Some(Duration::from_secs(3)));
+    }
+
+    /// Regression (RELIABILITY.md, R2): a 500 from DigitalOcean carries
+    /// `RateLimit-Reset` an hour ahead; it must not turn into the longest
+    /// sleep.
+    #[test]
+    fn rate_limit_reset_is_read_on_429_only() {
+        let mut h = reqwest::header::HeaderMap::new();
+        let in_an_hour = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs() + 3600)
+            .unwrap_or(0);
+        h.insert(
+            "ratelimit-reset",
+            in_an_hour.to_string().parse().expect("header"),
+        );
+        assert_eq!(hint_for(500, &h), None, "backoff, not the hour");
+        assert_eq!(hint_for(503, &h), None);
+        assert!(hint_for(429, &h).is_some_and(|d| d > Duration::from_secs(3000)));
+        h.insert("retry-after", "2".parse().expect("header"));
+        assert_eq!(hint_for(503, &h), Some(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn the_timeout_override_takes_positive_seconds() {
+        assert_eq!(timeout_from_env(Some("2")), Some(Duration::from_secs(2)));
+        assert_eq!(
+            timeout_from_env(Some("0.5")),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(timeout_from_env(Some("0")), None);
+        assert_eq!(timeout_from_env(Some("soon")), None);
+        assert_eq!(timeout_from_env(None), None);
     }
 
     #[test]

@@ -76,6 +76,8 @@ pub struct Observed {
     pub id: String,
     /// The attributes the provider could read back. These use the same names
     /// as the schema; the engine compares them with state to see drift.
+    /// A sensitive attribute reported as `null` is one the provider cannot
+    /// read back (GitLab's hidden variables): the plan says so.
     pub attrs: Attrs,
     /// The `berth.config-hash` label, if the object has one.
     pub config_hash: Option<String>,

@@ -317,7 +317,7 @@ impl Api {
         body: Option<&Value>,
         what: &str,
     ) -> Result<Value, ApiError> {
-        let idempotency = if method == Method::POST {
+        let idempotency = if method == Method::POST && !acts_once(&url) {
             Idempotency::Unsafe
         } else {
             Idempotency::Safe
@@ -594,6 +594,15 @@ impl Api {
     }
 }
 
+/// Whether a `POST` to `url` acts once however often it is sent, so that
+/// it may be retried after a 500 or a lost answer: creating a tag (an
+/// existing one answers 201 too) and tagging resources (tagging twice is
+/// tagging once).
+fn acts_once(url: &Url) -> bool {
+    let path = url.path().trim_end_matches('/');
+    path.ends_with("/v2/tags") || (path.contains("/v2/tags/") && path.ends_with("/resources"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -624,6 +633,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("DIGITALOCEAN_TOKEN"), "{err}");
+    }
+
+    /// Regression (RELIABILITY.md, R2): a 500 on tagging a droplet failed
+    /// the apply although a retry cannot act twice.
+    #[test]
+    fn tag_calls_are_retried_and_creates_are_not() {
+        let url = |p: &str| Url::parse(&format!("http://127.0.0.1:9/base{p}")).unwrap();
+        assert!(acts_once(&url("/v2/tags")));
+        assert!(acts_once(&url("/v2/tags/berth-env:prod/resources")));
+        assert!(!acts_once(&url("/v2/droplets")));
+        assert!(!acts_once(&url("/v2/droplets/1/actions")));
+        assert!(!acts_once(&url("/v2/firewalls")));
     }
 
     #[test]

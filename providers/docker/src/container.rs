@@ -40,7 +40,7 @@ use crate::client::{self, api, api_ctx, is_conflict, is_not_found, message};
 use crate::duration::parse_duration;
 use crate::health::{HTTP_CHECK_TIMEOUT, HttpCheck, HttpProbe};
 use crate::image;
-use crate::lb::{self, Balancer, LbPort, LbSpec};
+use crate::lb::{self, Balancer, LbKind, LbPort, LbSpec};
 use crate::network::labels_block;
 
 /// The resource type name.
@@ -143,7 +143,9 @@ pub(crate) fn schema() -> ResourceSchema {
                 name: "load_balancer",
                 nesting: Nesting::Single,
                 force_new: true,
-                attributes: vec![s("image", String)],
+                // `kind`: "berth-proxy" (default) or "nginx"; `drain`: the
+                // longest wait for a leaving replica's requests.
+                attributes: vec![s("kind", String), s("image", String), s("drain", String)],
                 blocks: vec![],
             },
         ],
@@ -438,17 +440,42 @@ impl Spec {
         let lb = if balanced.is_empty() {
             None
         } else {
-            let image = match &lb_block {
-                Some(block) => attrs::non_empty_string(block, "image")?,
-                None => None,
+            let (kind, image, drain) = match &lb_block {
+                Some(block) => (
+                    attrs::non_empty_string(block, "kind")?,
+                    attrs::non_empty_string(block, "image")?,
+                    attrs::non_empty_string(block, "drain")?,
+                ),
+                None => (None, None, None),
+            };
+            let kind = match kind.as_deref() {
+                Some(name) => LbKind::parse(name).ok_or_else(|| {
+                    config_error(format!(
+                        "`load_balancer.kind` must be \"berth-proxy\" or \"nginx\", got `{name}`"
+                    ))
+                })?,
+                // An image without a kind is an nginx image: that is what
+                // `image` meant before kinds existed.
+                None if image.is_some() => LbKind::Nginx,
+                None => LbKind::default(),
+            };
+            let drain = match drain {
+                Some(text) => {
+                    let nanos = parse_duration(&text)
+                        .map_err(|e| config_error(format!("`load_balancer.drain`: {e}")))?;
+                    Duration::from_nanos(u64::try_from(nanos).unwrap_or(0))
+                }
+                None => kind.default_drain(),
             };
             let (network, managed_network) = match networks.first() {
                 Some(first) => (first.name.clone(), false),
                 None => (format!("{name}-net"), true),
             };
             Some(LbSpec {
+                kind,
+                drain,
                 name: format!("{name}-lb"),
-                image: image.unwrap_or_else(|| lb::DEFAULT_IMAGE.to_owned()),
+                image: image.unwrap_or_else(|| kind.default_image().to_owned()),
                 network,
                 managed_network,
                 ports: balanced
@@ -1433,7 +1460,7 @@ pub(crate) async fn update(
     {
         let staying = objects.running_names(&wanted_names);
         balancer.reload(&lb.id, &staying, progress).await?;
-        tokio::time::sleep(lb::DRAIN).await;
+        balancer.drain(&lb.id, progress).await;
     }
     // With fixed host ports the old replicas must free them first;
     // otherwise the new ones come up before the old ones go.
@@ -1809,7 +1836,8 @@ mod tests {
         .unwrap();
         let lb = spec.lb.clone().expect("a load balancer");
         assert_eq!(lb.name, "web-lb");
-        assert_eq!(lb.image, lb::DEFAULT_IMAGE);
+        assert_eq!(lb.image, lb::PROXY_IMAGE);
+        assert_eq!(lb.kind, LbKind::Proxy, "berth-proxy is the default kind");
         assert_eq!(lb.network, "web-net");
         assert!(lb.managed_network);
         assert_eq!(
@@ -1839,6 +1867,35 @@ mod tests {
     }
 
     #[test]
+    fn load_balancer_kind_image_and_drain() {
+        let base = json!({
+            "name": "web", "image": "app", "replicas": 2,
+            "ports": [{"internal": 5000, "external": 8080}],
+        });
+        let with = |lb: serde_json::Value| {
+            let mut c = base.clone();
+            c["load_balancer"] = lb;
+            Spec::parse(&config(c), Path::new("/")).map(|s| s.lb.expect("a load balancer"))
+        };
+        let lb =
+            with(json!({"kind": "berth-proxy", "image": "registry.test/berth-proxy:1"})).unwrap();
+        assert_eq!(lb.kind, LbKind::Proxy);
+        assert_eq!(lb.image, "registry.test/berth-proxy:1");
+        assert_eq!(lb.drain, lb::PROXY_DRAIN);
+        let lb = with(json!({"kind": "nginx", "drain": "250ms"})).unwrap();
+        assert_eq!(lb.kind, LbKind::Nginx);
+        assert_eq!(lb.image, lb::NGINX_IMAGE);
+        assert_eq!(lb.drain, Duration::from_millis(250));
+        let err = with(json!({"kind": "haproxy"})).unwrap_err().to_string();
+        assert!(
+            err.contains("load_balancer.kind") && err.contains("haproxy"),
+            "{err}"
+        );
+        let err = with(json!({"drain": "soon"})).unwrap_err().to_string();
+        assert!(err.contains("load_balancer.drain"), "{err}");
+    }
+
+    #[test]
     fn a_single_container_gets_a_load_balancer_only_when_asked() {
         let base = json!({
             "name": "web", "image": "app",
@@ -1855,6 +1912,7 @@ mod tests {
         let spec = Spec::parse(&config(with_lb), Path::new("/")).unwrap();
         let lb = spec.lb.clone().expect("a load balancer");
         assert_eq!(lb.image, "berth-test-nginx:latest");
+        assert_eq!(lb.kind, LbKind::Nginx, "an image without a kind is nginx");
         assert_eq!(lb.network, "front");
         assert!(!lb.managed_network);
         assert!(!spec.has_fixed_ports());

@@ -2,7 +2,10 @@
 //! first use (so that a configuration whose resources all live on SSH
 //! hosts runs where there is no dockerd), and one per SSH host, over one
 //! pooled SSH connection each ([`berth_ssh::Pool`]), with the host key
-//! policy's first-use fingerprints kept in [`StateKnownHosts`].
+//! policy's first-use fingerprints kept in [`StateKnownHosts`]. Also the
+//! run's cache of plan-time image lookups ([`Engines::image_id`]), so a
+//! no-op plan asks each engine about each image reference once, not once
+//! per container.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -58,6 +61,29 @@ impl Engine {
 /// An SSH host's connection and Docker client, made once and shared.
 type Slot = Arc<tokio::sync::Mutex<Option<(SshConnection, Docker)>>>;
 
+/// Image ids by engine key and image reference, as the engine last
+/// answered; dropped (and the generation moved on) whenever the provider
+/// has changed something on an engine.
+#[derive(Default)]
+struct ImageIds {
+    generation: u64,
+    ids: HashMap<(String, String), Option<String>>,
+}
+
+/// Moves the image cache on when dropped: held while the provider changes
+/// something on an engine (a build, a pull, a removal).
+pub(crate) struct ImagesChanging<'a> {
+    images: &'a Mutex<ImageIds>,
+}
+
+impl Drop for ImagesChanging<'_> {
+    fn drop(&mut self) {
+        let mut images = self.images.lock().unwrap_or_else(|e| e.into_inner());
+        images.generation += 1;
+        images.ids.clear();
+    }
+}
+
 /// Every engine of one provider (one berth run).
 pub(crate) struct Engines {
     local_probe: Arc<dyn HttpProbe>,
@@ -65,6 +91,7 @@ pub(crate) struct Engines {
     pub(crate) store: Arc<StateKnownHosts>,
     pool: Pool,
     ssh: Mutex<HashMap<String, Slot>>,
+    images: Mutex<ImageIds>,
 }
 
 impl Engines {
@@ -78,6 +105,7 @@ impl Engines {
             pool: Pool::new(store.clone()),
             store,
             ssh: Mutex::new(HashMap::new()),
+            images: Mutex::new(ImageIds::default()),
         }
     }
 
@@ -127,6 +155,43 @@ impl Engines {
                     .filter(|(conn, _)| !conn.is_closed())
                     .map(|(_, docker)| docker.clone())
             }
+        }
+    }
+
+    /// The local id of `reference` on the engine `engine_key` (reached as
+    /// `docker`), `None` when it has no such image: asked once per engine
+    /// and reference until the provider next changes something
+    /// ([`Engines::images_changing`]). Failed look-ups are not kept.
+    pub(crate) async fn image_id(
+        &self,
+        engine_key: &str,
+        docker: &Docker,
+        reference: &str,
+    ) -> Result<Option<String>, ProviderError> {
+        let key = (engine_key.to_owned(), reference.to_owned());
+        let generation = {
+            let images = self.images.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(id) = images.ids.get(&key) {
+                return Ok(id.clone());
+            }
+            images.generation
+        };
+        let id = crate::image::local_id(docker, reference).await?;
+        let mut images = self.images.lock().unwrap_or_else(|e| e.into_inner());
+        // Something changed while the engine answered: the answer may be
+        // stale, so it is used once and not kept.
+        if images.generation == generation {
+            images.ids.insert(key, id.clone());
+        }
+        Ok(id)
+    }
+
+    /// Forgets the image look-ups when the returned guard is dropped (after
+    /// a create, update, replacement or delete: any of them may build,
+    /// pull or remove an image).
+    pub(crate) fn images_changing(&self) -> ImagesChanging<'_> {
+        ImagesChanging {
+            images: &self.images,
         }
     }
 

@@ -216,7 +216,7 @@ pub(crate) async fn pull(
         .from_image(repo)
         .tag(tag)
         .build();
-    let credentials = auths.credentials(reference);
+    let credentials = crate::registry_api::pull_credentials(auths, reference).await?;
     let mut stream = docker.create_image(Some(options), None, credentials);
     while let Some(item) = stream.next().await {
         let info = item.map_err(|e| auths.pull_error(reference, &message(&e)))?;

@@ -1,22 +1,30 @@
-//! The load balancer in front of a `docker_container`'s replicas: an nginx
+//! The load balancer in front of a `docker_container`'s replicas: a
 //! container `<name>-lb` on the replicas' network that publishes the
-//! resource's `ports { external }` and proxies to `<replica>:<internal>` by
-//! container name (Docker's embedded DNS), retrying the next replica on a
-//! connection error, a timeout, a 502 or a 503.
+//! resource's `ports { external }` and forwards to `<replica>:<internal>`.
+//! Two kinds (`load_balancer { kind }`, [`LbKind`]):
 //!
-//! berth writes `/etc/nginx/nginx.conf` into the container (a tar through
-//! the archive API) before starting it, and whenever the set of replicas
-//! changes writes it again and *reloads* nginx (`nginx -t`, then
-//! `nginx -s reload` through the exec API): the master process swaps its
-//! workers and the old ones finish what they are serving, so no connection
-//! is dropped. The image is `load_balancer { image }` (default
-//! [`DEFAULT_IMAGE`]); anything with `/usr/sbin/nginx` and `/etc/nginx`
-//! works.
+//! * **`berth-proxy`** (the default; the `providers/proxy` crate, image
+//!   [`PROXY_IMAGE`] from scripts/build-proxy-image.sh): berth writes
+//!   `/etc/berth-proxy/upstreams.json` (each replica's IP on the network,
+//!   looked up by container name) through the archive API; the proxy polls
+//!   it and switches without closing any client connection. berth asks the
+//!   proxy's admin port (through the same [`HttpProbe`] as health checks,
+//!   so it works over SSH) when the new set is in effect (`/applied`) and
+//!   when no request is left in flight to the replicas taken out
+//!   (`/drained`), so the drain ends as soon as they are done.
+//! * **`nginx`** (image [`NGINX_IMAGE`], or any image with `/usr/sbin/nginx`
+//!   and `/etc/nginx`): berth writes `/etc/nginx/nginx.conf` (servers by
+//!   container name, resolved by Docker's DNS when nginx loads the file),
+//!   then `nginx -t` and `nginx -s reload` through the exec API. nginx
+//!   cannot say when its old workers are done, so the drain is a fixed
+//!   wait, and a reload may close idle keep-alive client connections.
+//!   A `load_balancer` block that names an `image` but no `kind` means
+//!   nginx, as it did before kinds existed.
 //!
 //! The container carries the resource's `berth.address` and owner labels
 //! plus `berth.role=lb`, so refresh and delete see it as part of the
-//! resource without counting it as a replica, and `berth.lb-hash` (image,
-//! network, ports) to tell whether a replacement can keep it.
+//! resource without counting it as a replica, and `berth.lb-hash` (kind,
+//! image, network, ports) to tell whether a replacement can keep it.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -41,8 +49,11 @@ use crate::health::HttpProbe;
 use crate::image;
 use crate::registry::Auths;
 
-/// The image used when `load_balancer { image }` is not set.
-pub(crate) const DEFAULT_IMAGE: &str = "nginx:1.27-alpine";
+/// The image of the `nginx` kind when `load_balancer { image }` is not set.
+pub(crate) const NGINX_IMAGE: &str = "nginx:1.27-alpine";
+/// The image of the `berth-proxy` kind when `load_balancer { image }` is
+/// not set: what scripts/build-proxy-image.sh builds for this version.
+pub(crate) const PROXY_IMAGE: &str = concat!("berth-proxy:", env!("CARGO_PKG_VERSION"));
 
 /// The label telling what part of a resource an object is.
 pub(crate) const ROLE_LABEL: &str = "berth.role";
@@ -57,12 +68,71 @@ pub(crate) const FRONTED_BY_LABEL: &str = "berth.lb";
 
 const NGINX: &str = "/usr/sbin/nginx";
 const CONF_DIR: &str = "/etc/nginx";
+const PROXY_CONF_DIR: &str = "/etc/berth-proxy";
+const PROXY_FILE: &str = "upstreams.json";
+/// The proxy's admin port (not published; reached on the network).
+const PROXY_ADMIN_PORT: u16 = 9180;
 /// How long a new load balancer has to answer HTTP.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long nginx gets to switch to a reloaded configuration (new workers
-/// up, old ones no longer accepting) before a replica it stopped sending to
-/// is stopped.
-pub(crate) const DRAIN: Duration = Duration::from_secs(2);
+/// How long the proxy has to take a new upstream file (it polls every
+/// 100 ms).
+const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often berth asks the proxy whether a change is in effect or drained.
+const PROXY_POLL: Duration = Duration::from_millis(25);
+/// The default `load_balancer { drain }` of nginx: how long it gets to
+/// switch to a reloaded configuration (new workers up, old ones no longer
+/// accepting) and finish what the old workers serve before a replica it
+/// stopped sending to is stopped.
+pub(crate) const NGINX_DRAIN: Duration = Duration::from_secs(1);
+/// The default `load_balancer { drain }` of the proxy: the longest berth
+/// waits for requests in flight to a replica taken out (it stops waiting as
+/// soon as the proxy says none is left).
+pub(crate) const PROXY_DRAIN: Duration = Duration::from_secs(10);
+
+/// Which load balancer runs in front of the replicas.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub(crate) enum LbKind {
+    /// berth's own proxy (`providers/proxy`).
+    #[default]
+    #[serde(rename = "berth-proxy")]
+    Proxy,
+    /// nginx, reloaded through the exec API.
+    #[serde(rename = "nginx")]
+    Nginx,
+}
+
+impl LbKind {
+    /// The kind named `name` in `load_balancer { kind }`.
+    pub(crate) fn parse(name: &str) -> Option<Self> {
+        match name {
+            "berth-proxy" => Some(Self::Proxy),
+            "nginx" => Some(Self::Nginx),
+            _ => None,
+        }
+    }
+
+    /// The image used when `load_balancer { image }` is not set.
+    pub(crate) fn default_image(self) -> &'static str {
+        match self {
+            Self::Proxy => PROXY_IMAGE,
+            Self::Nginx => NGINX_IMAGE,
+        }
+    }
+
+    /// The drain used when `load_balancer { drain }` is not set.
+    pub(crate) fn default_drain(self) -> Duration {
+        match self {
+            Self::Proxy => PROXY_DRAIN,
+            Self::Nginx => NGINX_DRAIN,
+        }
+    }
+
+    /// nginx load balancers were hashed before kinds existed: leaving the
+    /// kind out of their hash keeps those containers.
+    fn is_nginx(&self) -> bool {
+        *self == Self::Nginx
+    }
+}
 
 /// One published port of the load balancer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -80,6 +150,13 @@ pub(crate) struct LbPort {
 /// What the load balancer of a resource looks like.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub(crate) struct LbSpec {
+    /// Which load balancer.
+    #[serde(skip_serializing_if = "LbKind::is_nginx")]
+    pub kind: LbKind,
+    /// The longest wait for requests to a replica taken out (nginx: the
+    /// wait). Not part of the hash: it needs no new container.
+    #[serde(skip)]
+    pub drain: Duration,
     /// Container name, `<name>-lb`.
     pub name: String,
     /// Image reference.
@@ -161,8 +238,34 @@ pub(crate) fn nginx_config(lb: &LbSpec, address: &str, servers: &[String]) -> St
     out
 }
 
-/// A tar holding `nginx.conf`, for the archive API.
-fn config_tar(text: &str) -> Result<Vec<u8>, ProviderError> {
+/// One replica in the proxy's upstream file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub(crate) struct ProxyUpstream {
+    /// The container name (for logs and the status page).
+    pub name: String,
+    /// Its IP on the load balancer's network.
+    pub ip: String,
+}
+
+/// The proxy's `upstreams.json` balancing over `upstreams`, and its version
+/// (a hash of the upstreams, which the proxy reports once in effect).
+pub(crate) fn proxy_file(address: &str, upstreams: &[ProxyUpstream]) -> (String, String) {
+    let listed = serde_json::to_vec(upstreams).unwrap_or_default();
+    let version = hex::encode(Sha256::digest(&listed))
+        .get(..16)
+        .unwrap_or_default()
+        .to_owned();
+    let text = serde_json::json!({
+        "version": version,
+        "owner": address,
+        "upstreams": upstreams,
+    })
+    .to_string();
+    (version, text)
+}
+
+/// A tar holding one file `name`, for the archive API.
+fn config_tar(name: &str, text: &str) -> Result<Vec<u8>, ProviderError> {
     let mut builder = tar::Builder::new(Vec::new());
     let mut header = tar::Header::new_gnu();
     header.set_size(text.len() as u64);
@@ -173,9 +276,9 @@ fn config_tar(text: &str) -> Result<Vec<u8>, ProviderError> {
     header.set_entry_type(tar::EntryType::Regular);
     header.set_cksum();
     builder
-        .append_data(&mut header, "nginx.conf", text.as_bytes())
+        .append_data(&mut header, name, text.as_bytes())
         .and_then(|_| builder.into_inner())
-        .map_err(|e| ProviderError::Api(format!("cannot pack nginx.conf: {e}")))
+        .map_err(|e| ProviderError::Api(format!("cannot pack {name}: {e}")))
 }
 
 /// Who the load balancer belongs to.
@@ -313,8 +416,21 @@ impl Balancer<'_> {
         }
         let mut labels = self.who.labels(ROLE_LB);
         labels.insert(HASH_LABEL.to_owned(), self.spec.hash());
+        // The proxy's entrypoint is the binary; its arguments say what to
+        // listen on (nginx takes everything from its file).
+        let cmd = (self.spec.kind == LbKind::Proxy).then(|| {
+            let mut cmd = vec!["serve".to_owned()];
+            for port in &self.spec.ports {
+                cmd.push("--listen".to_owned());
+                cmd.push(format!("{}:{}", port.listen, port.internal));
+            }
+            cmd.push("--admin".to_owned());
+            cmd.push(PROXY_ADMIN_PORT.to_string());
+            cmd
+        });
         ContainerCreateBody {
             image: Some(image_id.to_owned()),
+            cmd,
             labels: Some(labels),
             exposed_ports: Some(exposed),
             host_config: Some(HostConfig {
@@ -410,11 +526,16 @@ impl Balancer<'_> {
         self.wait_answering(id).await
     }
 
-    /// Waits until nginx answers HTTP (any status) on its first port.
+    /// Waits until the load balancer answers HTTP: nginx (any status) on
+    /// its first port, the proxy on its admin port's `/healthz`.
     async fn wait_answering(&self, id: &str) -> Result<(), ProviderError> {
         let name = &self.spec.name;
-        let Some(port) = self.spec.ports.first() else {
-            return Ok(());
+        let (port, path) = match self.spec.kind {
+            LbKind::Proxy => (PROXY_ADMIN_PORT, "/healthz"),
+            LbKind::Nginx => match self.spec.ports.first() {
+                Some(port) => (port.listen, "/"),
+                None => return Ok(()),
+            },
         };
         let deadline = Instant::now() + START_TIMEOUT;
         let mut last = String::new();
@@ -435,10 +556,13 @@ impl Balancer<'_> {
             if let Some(ip) = crate::container::ip_on(&info, Some(&self.spec.network)) {
                 match self
                     .probe
-                    .get(&ip, port.listen, "/", Duration::from_secs(2))
+                    .get(&ip, port, path, Duration::from_secs(2))
                     .await
                 {
-                    Ok(_) => return Ok(()),
+                    Ok(status) if self.spec.kind == LbKind::Nginx || status == 200 => {
+                        return Ok(());
+                    }
+                    Ok(status) => last = format!("{path} answered {status}"),
                     Err(e) => last = e,
                 }
             }
@@ -482,27 +606,125 @@ impl Balancer<'_> {
         crate::container::remove(self.docker, holder.id.as_deref().unwrap_or(name)).await
     }
 
-    async fn upload(&self, id: &str, servers: &[String]) -> Result<(), ProviderError> {
-        let text = nginx_config(self.spec, self.who.address, servers);
-        let tar = config_tar(&text)?;
+    /// Writes the configuration for `servers` into the container `id`;
+    /// for the proxy, the version of the file written.
+    async fn upload(&self, id: &str, servers: &[String]) -> Result<Option<String>, ProviderError> {
+        let (dir, file, text, version) = match self.spec.kind {
+            LbKind::Nginx => (
+                CONF_DIR,
+                "nginx.conf",
+                nginx_config(self.spec, self.who.address, servers),
+                None,
+            ),
+            LbKind::Proxy => {
+                let upstreams = self.upstreams(servers).await?;
+                let (version, text) = proxy_file(self.who.address, &upstreams);
+                (PROXY_CONF_DIR, PROXY_FILE, text, Some(version))
+            }
+        };
+        let tar = config_tar(file, &text)?;
         self.docker
             .upload_to_container(
                 id,
                 Some(UploadToContainerOptions {
-                    path: CONF_DIR.to_owned(),
+                    path: dir.to_owned(),
                     ..Default::default()
                 }),
                 bollard::body_full(tar.into()),
             )
             .await
             .map_err(api_ctx(format!(
-                "cannot write {CONF_DIR}/nginx.conf into {}",
+                "cannot write {dir}/{file} into {}",
                 self.spec.name
-            )))
+            )))?;
+        Ok(version)
     }
 
-    /// Points the running load balancer `id` at `servers`: writes the
-    /// configuration, checks it (`nginx -t`) and reloads nginx.
+    /// The IPs of `servers` on the load balancer's network. A replica that
+    /// is gone or has no address there is left out, with a warning.
+    async fn upstreams(&self, servers: &[String]) -> Result<Vec<ProxyUpstream>, ProviderError> {
+        let mut upstreams = Vec::with_capacity(servers.len());
+        for server in servers {
+            let info = match self.docker.inspect_container(server, None).await {
+                Ok(info) => info,
+                Err(e) if is_not_found(&e) => {
+                    tracing::warn!(container = %server, "gone: left out of the load balancer");
+                    continue;
+                }
+                Err(e) => return Err(api_ctx(format!("cannot inspect container {server}"))(e)),
+            };
+            let networks = info
+                .network_settings
+                .as_ref()
+                .and_then(|n| n.networks.as_ref());
+            match networks
+                .and_then(|n| n.get(&self.spec.network))
+                .and_then(|ep| ep.ip_address.clone())
+                .filter(|ip| !ip.is_empty())
+            {
+                Some(ip) => upstreams.push(ProxyUpstream {
+                    name: server.clone(),
+                    ip,
+                }),
+                None => tracing::warn!(
+                    container = %server,
+                    network = %self.spec.network,
+                    "no address on the load balancer's network: left out"
+                ),
+            }
+        }
+        if upstreams.is_empty() && !servers.is_empty() {
+            return Err(ProviderError::Api(format!(
+                "load balancer {}: none of {} has an address on network {}",
+                self.spec.name,
+                servers.join(", "),
+                self.spec.network
+            )));
+        }
+        Ok(upstreams)
+    }
+
+    /// The load balancer's IP on its network, for the admin endpoint.
+    async fn address(&self, id: &str) -> Result<String, ProviderError> {
+        let info = self
+            .docker
+            .inspect_container(id, None)
+            .await
+            .map_err(api_ctx(format!(
+                "cannot inspect container {}",
+                self.spec.name
+            )))?;
+        crate::container::ip_on(&info, Some(&self.spec.network)).ok_or_else(|| {
+            ProviderError::Api(format!(
+                "load balancer {} has no address on network {}",
+                self.spec.name, self.spec.network
+            ))
+        })
+    }
+
+    /// Asks the proxy's admin endpoint `path` until it answers 200 (true)
+    /// or `within` has passed (false).
+    async fn ask_proxy(&self, ip: &str, path: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(200) = self
+                .probe
+                .get(ip, PROXY_ADMIN_PORT, path, Duration::from_secs(2))
+                .await
+            {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(PROXY_POLL).await;
+        }
+    }
+
+    /// Points the running load balancer `id` at `servers`, and returns
+    /// once the change is in effect. nginx: writes the configuration,
+    /// checks it (`nginx -t`) and reloads. The proxy: writes its upstream
+    /// file and waits until it reports that version in effect.
     pub(crate) async fn reload(
         &self,
         id: &str,
@@ -510,15 +732,32 @@ impl Balancer<'_> {
         progress: Progress<'_>,
     ) -> Result<(), ProviderError> {
         let name = &self.spec.name;
-        progress(&format!(
-            "load balancer {name}: reloading with {}",
-            if servers.is_empty() {
-                "no replicas".to_owned()
-            } else {
-                servers.join(", ")
+        let started = Instant::now();
+        let version = self.upload(id, servers).await?;
+        let listed = if servers.is_empty() {
+            "no replicas".to_owned()
+        } else {
+            servers.join(", ")
+        };
+        if let Some(version) = version {
+            let ip = self.address(id).await?;
+            if !self
+                .ask_proxy(&ip, &format!("/applied?version={version}"), APPLY_TIMEOUT)
+                .await
+            {
+                let logs = crate::container::tail_logs(self.docker, id).await;
+                return Err(ProviderError::Timeout(format!(
+                    "load balancer {name} did not take the new upstreams ({listed}) within \
+                     {}s{logs}",
+                    APPLY_TIMEOUT.as_secs()
+                )));
             }
-        ));
-        self.upload(id, servers).await?;
+            progress(&format!(
+                "load balancer {name}: now {listed} (in effect after {:.2}s)",
+                started.elapsed().as_secs_f64()
+            ));
+            return Ok(());
+        }
         let (code, output) = exec(self.docker, id, &[NGINX, "-t", "-q"]).await?;
         if code != 0 {
             return Err(ProviderError::Api(format!(
@@ -534,7 +773,44 @@ impl Balancer<'_> {
                 indent(&output)
             )));
         }
+        progress(&format!(
+            "load balancer {name}: reloaded with {listed} ({:.2}s)",
+            started.elapsed().as_secs_f64()
+        ));
         Ok(())
+    }
+
+    /// Waits until replicas just taken out of the load balancer `id` have
+    /// finished the requests it sent them, so they can be stopped. The
+    /// proxy says when (at most `drain`); for nginx this is a wait of
+    /// `drain`.
+    pub(crate) async fn drain(&self, id: &str, progress: Progress<'_>) {
+        let name = &self.spec.name;
+        let started = Instant::now();
+        match self.spec.kind {
+            LbKind::Nginx => tokio::time::sleep(self.spec.drain).await,
+            LbKind::Proxy => {
+                let drained = match self.address(id).await {
+                    Ok(ip) => self.ask_proxy(&ip, "/drained", self.spec.drain).await,
+                    Err(e) => {
+                        tracing::warn!("{e}");
+                        false
+                    }
+                };
+                if !drained {
+                    progress(&format!(
+                        "load balancer {name}: requests still in flight after {}s \
+                         (load_balancer {{ drain }}); going on",
+                        self.spec.drain.as_secs_f64()
+                    ));
+                    return;
+                }
+            }
+        }
+        progress(&format!(
+            "load balancer {name}: drained after {:.2}s",
+            started.elapsed().as_secs_f64()
+        ));
     }
 }
 
@@ -609,8 +885,10 @@ mod tests {
 
     fn spec() -> LbSpec {
         LbSpec {
+            kind: LbKind::Nginx,
+            drain: NGINX_DRAIN,
             name: "web-lb".into(),
-            image: DEFAULT_IMAGE.into(),
+            image: NGINX_IMAGE.into(),
             network: "web-net".into(),
             managed_network: true,
             ports: vec![
@@ -674,11 +952,86 @@ mod tests {
         let mut c = spec();
         c.ports[0].external = 8081;
         assert_ne!(a.hash(), c.hash());
+        // The kind needs a new container, the drain does not.
+        let mut d = spec();
+        d.kind = LbKind::Proxy;
+        assert_ne!(a.hash(), d.hash());
+        let mut e = spec();
+        e.drain = Duration::from_secs(30);
+        assert_eq!(a.hash(), e.hash());
+    }
+
+    #[test]
+    fn nginx_balancers_hash_as_before_kinds_existed() {
+        // The JSON hashed for an nginx balancer has no `kind`, so the
+        // containers berth created before keep their hash.
+        let json = serde_json::to_string(&spec()).unwrap();
+        assert!(!json.contains("kind"), "{json}");
+        assert!(!json.contains("drain"), "{json}");
+        let mut proxy = spec();
+        proxy.kind = LbKind::Proxy;
+        let json = serde_json::to_string(&proxy).unwrap();
+        assert!(
+            json.starts_with(r#"{"kind":"berth-proxy","name":"web-lb""#),
+            "{json}"
+        );
+    }
+
+    #[test]
+    fn kinds_by_name_with_their_defaults() {
+        assert_eq!(LbKind::parse("berth-proxy"), Some(LbKind::Proxy));
+        assert_eq!(LbKind::parse("nginx"), Some(LbKind::Nginx));
+        assert_eq!(LbKind::parse("haproxy"), None);
+        assert_eq!(LbKind::default(), LbKind::Proxy);
+        assert_eq!(LbKind::Proxy.default_image(), PROXY_IMAGE);
+        assert_eq!(
+            PROXY_IMAGE,
+            format!("berth-proxy:{}", env!("CARGO_PKG_VERSION"))
+        );
+        assert_eq!(LbKind::Nginx.default_image(), "nginx:1.27-alpine");
+        assert!(LbKind::Proxy.default_drain() > LbKind::Nginx.default_drain());
+    }
+
+    #[test]
+    fn proxy_file_lists_replicas_by_ip_with_a_version_of_the_list() {
+        let up = |name: &str, ip: &str| ProxyUpstream {
+            name: name.into(),
+            ip: ip.into(),
+        };
+        let (version, text) = proxy_file(
+            "docker_container.web",
+            &[
+                up("web-1", "172.18.0.3"),
+                up("web-2-next-0a1b", "172.18.0.4"),
+            ],
+        );
+        let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(parsed["version"], version.as_str());
+        assert_eq!(version.len(), 16);
+        assert_eq!(parsed["owner"], "docker_container.web");
+        assert_eq!(
+            parsed["upstreams"],
+            serde_json::json!([
+                {"name": "web-1", "ip": "172.18.0.3"},
+                {"name": "web-2-next-0a1b", "ip": "172.18.0.4"}
+            ])
+        );
+        // Another set, another version; the same set, the same one.
+        let (other, _) = proxy_file("docker_container.web", &[up("web-1", "172.18.0.3")]);
+        assert_ne!(version, other);
+        let (again, _) = proxy_file(
+            "docker_container.web",
+            &[
+                up("web-1", "172.18.0.3"),
+                up("web-2-next-0a1b", "172.18.0.4"),
+            ],
+        );
+        assert_eq!(version, again);
     }
 
     #[test]
     fn config_tar_holds_one_file() {
-        let tar = config_tar("x y z\n").unwrap();
+        let tar = config_tar("nginx.conf", "x y z\n").unwrap();
         let mut archive = tar::Archive::new(&tar[..]);
         let entries: Vec<_> = archive
             .entries()

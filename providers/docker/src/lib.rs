@@ -21,8 +21,9 @@
 //!
 //! A `docker_container` replacement rolls ([`Provider::replaces_itself`],
 //! module `rolling`): new replicas are health-gated before old ones go, and
-//! replicas sharing a published port sit behind an nginx load balancer
-//! (module `lb`) that is reloaded, not restarted, as they change.
+//! replicas sharing a published port sit behind a load balancer (module
+//! `lb`: berth-proxy by default, or nginx) whose upstreams change without a
+//! restart as they do.
 
 mod attrs;
 mod client;
@@ -52,6 +53,7 @@ use berth_provider::{
 pub use client::DEFAULT_HOST;
 pub use container::REPLICA_LABEL;
 pub use health::{DirectHttpProbe, HttpProbe, SshHttpProbe};
+pub use registry::{CredentialSource, Login, LoginFuture};
 
 use engines::{Engine, Engines};
 use hosts::{Location, Recorded, Settings};
@@ -62,6 +64,7 @@ pub struct DockerProvider {
     schemas: Vec<ResourceSchema>,
     settings: RwLock<Option<Arc<Settings>>>,
     auths: RwLock<Arc<registry::Auths>>,
+    credential_source: Option<Arc<dyn CredentialSource>>,
     engines: Engines,
     hints: hosts::Hints,
 }
@@ -102,9 +105,18 @@ impl DockerProvider {
             schemas,
             settings: RwLock::new(None),
             auths: RwLock::new(Arc::default()),
+            credential_source: None,
             engines: Engines::new(probe),
             hints: hosts::Hints::default(),
         }
+    }
+
+    /// Registry logins from `source` for the registries it serves and no
+    /// `registry_auth` block gives a username or password for (berth's
+    /// binary plugs in ECR's, from the AWS provider).
+    pub fn with_credential_source(mut self, source: Arc<dyn CredentialSource>) -> Self {
+        self.credential_source = Some(source);
+        self
     }
 
     fn settings(&self) -> Result<Arc<Settings>, ProviderError> {
@@ -284,7 +296,7 @@ impl Provider for DockerProvider {
 
     /// Accepts `host` (a local engine address, or `ssh://user@host:port`
     /// with `private_key`, `passphrase`, `host_key`, `known_hosts_file`)
-    /// and `registry_auth { address, username, password }` blocks
+    /// and `registry_auth { address, username, password, endpoint }` blocks
     /// (credentials for pulls on every host; GitLab CI's `CI_REGISTRY`,
     /// `CI_REGISTRY_USER` and `CI_REGISTRY_PASSWORD` are used for their
     /// registry when no block names it). Connects to nothing: each engine
@@ -295,7 +307,8 @@ impl Provider for DockerProvider {
             std::env::var("DOCKER_HOST").ok(),
             &self.ctx.base_dir,
         )?;
-        let auths = registry::Auths::from_config(config, |key| std::env::var(key).ok())?;
+        let auths = registry::Auths::from_config(config, |key| std::env::var(key).ok())?
+            .with_source(self.credential_source.clone());
         let poisoned = || ProviderError::Api("the docker provider lock is poisoned".to_owned());
         *self.settings.write().map_err(|_| poisoned())? = Some(Arc::new(settings));
         self.hints.settings_changed();
@@ -318,16 +331,36 @@ impl Provider for DockerProvider {
             network::TYPE => network::prepare(config),
             image::TYPE => image::prepare(config, &self.ctx.base_dir).await,
             container::TYPE => {
+                container::prepare(None, config).await?;
                 // The image's id at plan time, where it can be had without
-                // waiting for a host.
-                let docker = match self.settings() {
-                    Ok(settings) => match settings.location_of(config, &self.ctx.base_dir) {
-                        Ok(location) => self.engines.ready(&location, &settings.local_url).await,
-                        Err(_) => None,
-                    },
-                    Err(_) => None,
+                // waiting for a host: one look-up per engine and image for
+                // the whole run, however many containers use it.
+                let Some(reference) = attrs::non_empty_string(config, "image")? else {
+                    return Ok(());
                 };
-                container::prepare(docker.as_ref(), config).await
+                let Ok(settings) = self.settings() else {
+                    return Ok(());
+                };
+                let Ok(location) = settings.location_of(config, &self.ctx.base_dir) else {
+                    return Ok(());
+                };
+                let Some(docker) = self.engines.ready(&location, &settings.local_url).await else {
+                    return Ok(());
+                };
+                match self
+                    .engines
+                    .image_id(&location.key(), &docker, &reference)
+                    .await
+                {
+                    Ok(Some(id)) => {
+                        config.insert("image_id".into(), berth_provider::Value::from(id));
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::debug!(image = %reference, "cannot resolve image at plan time: {e}")
+                    }
+                }
+                Ok(())
             }
             registry_image::TYPE => {
                 // The local image's id and pushed digest at plan time,
@@ -436,6 +469,7 @@ impl Provider for DockerProvider {
         request: ApplyRequest<'_>,
         progress: Progress<'_>,
     ) -> Result<Applied, ProviderError> {
+        let _images = self.engines.images_changing();
         let engine = self.configured_engine(request.config, progress).await?;
         let conn = self.conn(&engine);
         let base_dir = &self.ctx.base_dir;
@@ -460,6 +494,7 @@ impl Provider for DockerProvider {
         request: ApplyRequest<'_>,
         progress: Progress<'_>,
     ) -> Result<Applied, ProviderError> {
+        let _images = self.engines.images_changing();
         let engine = self.configured_engine(request.config, progress).await?;
         let conn = self.conn(&engine);
         let base_dir = &self.ctx.base_dir;
@@ -498,6 +533,7 @@ impl Provider for DockerProvider {
         request: ApplyRequest<'_>,
         progress: Progress<'_>,
     ) -> Result<Applied, ProviderError> {
+        let _images = self.engines.images_changing();
         if request.type_name != container::TYPE {
             return Err(ProviderError::Config(format!(
                 "{} cannot be replaced in place",
@@ -530,6 +566,7 @@ impl Provider for DockerProvider {
         request: DeleteRequest<'_>,
         progress: Progress<'_>,
     ) -> Result<(), ProviderError> {
+        let _images = self.engines.images_changing();
         let settings = self.settings()?;
         let location = self.recorded_location(request.address, request.attrs)?;
         let engine = self

@@ -1,22 +1,76 @@
-//! Registry credentials for pulls: the provider's `registry_auth { address,
-//! username, password }` blocks (Terraform's shape), plus GitLab CI's
+//! Registry credentials for pulls and pushes: the provider's `registry_auth
+//! { address, username, password }` blocks (Terraform's shape), plus GitLab CI's
 //! `CI_REGISTRY` / `CI_REGISTRY_USER` / `CI_REGISTRY_PASSWORD` when they are
 //! set and no block names that registry. The credentials of the registry an
 //! image reference points at go to the engine as `X-Registry-Auth`.
 //!
+//! A block may also name an `endpoint`: where the registry `address` is
+//! actually reached (`host:port`, e.g. the local end of an SSH tunnel, or a
+//! local registry standing in for a remote one in tests). Image references
+//! keep the address; pushes and the registry API calls of
+//! `docker_registry_image` go to the endpoint.
+//!
+//! Registries no block gives a username or password for may be served by a
+//! [`CredentialSource`] the embedding program plugs in
+//! ([`crate::DockerProvider::with_credential_source`]): berth's binary plugs
+//! in the AWS provider, which logs in to ECR registries with
+//! `GetAuthorizationToken`. The docker crate knows only the trait.
+//!
 //! Passwords are never logged and never put into an error: [`RegistryAuth`]'s
-//! `Debug` hides it, and [`Auths::pull_error`] scrubs it from the engine's
-//! message before wording its own.
+//! and [`Login`]'s `Debug` hide them, and [`Auths::pull_error`] scrubs them
+//! from the engine's message before wording its own.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 
 use berth_provider::{Attrs, ProviderError};
+#[cfg(test)]
 use bollard::auth::DockerCredentials;
 
 use crate::attrs;
 
 /// The canonical name of Docker Hub.
 const DOCKER_HUB: &str = "docker.io";
+
+/// A user name and password a [`CredentialSource`] logged in with.
+/// `Debug` hides the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Login {
+    pub username: String,
+    pub password: String,
+}
+
+impl fmt::Debug for Login {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Login")
+            .field("username", &self.username)
+            .field("password", &"(sensitive)")
+            .finish()
+    }
+}
+
+/// Credentials for registries that no `registry_auth` block gives a
+/// username or password for: a registry service's own login (ECR's
+/// `GetAuthorizationToken`), plugged in by the program that wires the
+/// providers together.
+///
+/// berth asks at every registry call and push; an implementation caches
+/// what it obtained and renews it when it expires (the AWS one keeps an
+/// ECR login until five minutes before its `expiresAt`).
+pub trait CredentialSource: Send + Sync {
+    /// Whether this source logs in to `registry` (normalised: lowercase
+    /// `host[:port]`, e.g. `123456789012.dkr.ecr.eu-west-1.amazonaws.com`).
+    fn serves(&self, registry: &str) -> bool;
+
+    /// The login for `registry`. Errors name the registry; they never hold
+    /// the password.
+    fn login<'a>(&'a self, registry: &'a str) -> LoginFuture<'a>;
+}
+
+/// What [`CredentialSource::login`] returns (`Box::pin(async move { .. })`).
+pub type LoginFuture<'a> = Pin<Box<dyn Future<Output = Result<Login, ProviderError>> + Send + 'a>>;
 
 /// One `registry_auth` block.
 #[derive(Clone)]
@@ -27,6 +81,9 @@ pub(crate) struct RegistryAuth {
     pub host: String,
     pub username: Option<String>,
     password: Option<String>,
+    /// Where the registry is reached, normalised (`127.0.0.1:5000`), when
+    /// not at `host`.
+    pub endpoint: Option<String>,
 }
 
 impl fmt::Debug for RegistryAuth {
@@ -35,6 +92,7 @@ impl fmt::Debug for RegistryAuth {
             .field("address", &self.address)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "(sensitive)"))
+            .field("endpoint", &self.endpoint)
             .finish()
     }
 }
@@ -46,9 +104,17 @@ impl RegistryAuth {
             host: normalize_address(address),
             username: username.filter(|u| !u.is_empty()),
             password: password.filter(|p| !p.is_empty()),
+            endpoint: None,
         }
     }
 
+    /// The username and password of the block, if it has either.
+    pub(crate) fn basic(&self) -> Option<(Option<String>, Option<String>)> {
+        self.has_credentials()
+            .then(|| (self.username.clone(), self.password.clone()))
+    }
+
+    #[cfg(test)]
     fn credentials(&self) -> DockerCredentials {
         DockerCredentials {
             username: self.username.clone(),
@@ -67,6 +133,21 @@ impl RegistryAuth {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Auths {
     entries: Vec<RegistryAuth>,
+    source: Source,
+}
+
+/// The [`CredentialSource`], if one is plugged in.
+#[derive(Clone, Default)]
+struct Source(Option<Arc<dyn CredentialSource>>);
+
+impl fmt::Debug for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Some(CredentialSource)"
+        } else {
+            "None"
+        })
+    }
 }
 
 /// `registry.example.com:5000`, `https://registry.example.com/v2/` and
@@ -121,7 +202,11 @@ impl Auths {
             // The password is read as a string and never echoed: a type
             // error names the attribute only.
             let password = attrs::string(&block, "password").map_err(in_provider)?;
-            let entry = RegistryAuth::new(&address, username, password);
+            let mut entry = RegistryAuth::new(&address, username, password);
+            entry.endpoint = attrs::non_empty_string(&block, "endpoint")
+                .map_err(in_provider)?
+                .map(|e| endpoint_of(&entry.host, &e))
+                .transpose()?;
             if entries.iter().any(|e| e.host == entry.host) {
                 return Err(ProviderError::Config(format!(
                     "provider \"docker\": two `registry_auth` blocks name the registry {}",
@@ -142,7 +227,33 @@ impl Auths {
                 entries.push(entry);
             }
         }
-        Ok(Self { entries })
+        Ok(Self {
+            entries,
+            source: Source::default(),
+        })
+    }
+
+    /// The same credentials, with `source` asked for registries no block
+    /// gives a username or password for.
+    pub(crate) fn with_source(mut self, source: Option<Arc<dyn CredentialSource>>) -> Self {
+        self.source = Source(source);
+        self
+    }
+
+    /// The block naming `registry` (normalised), if any.
+    pub(crate) fn entry(&self, registry: &str) -> Option<&RegistryAuth> {
+        self.entries.iter().find(|e| e.host == registry)
+    }
+
+    /// Where `registry` (normalised) is reached when a block gives it an
+    /// `endpoint`.
+    pub(crate) fn endpoint(&self, registry: &str) -> Option<&str> {
+        self.entry(registry).and_then(|e| e.endpoint.as_deref())
+    }
+
+    /// The plugged-in source, when it serves `registry` (normalised).
+    pub(crate) fn source_for(&self, registry: &str) -> Option<&Arc<dyn CredentialSource>> {
+        self.source.0.as_ref().filter(|s| s.serves(registry))
     }
 
     /// The entry for the registry `reference` is pulled from.
@@ -151,7 +262,11 @@ impl Auths {
         self.entries.iter().find(|e| e.host == registry)
     }
 
-    /// The `X-Registry-Auth` credentials for pulling `reference`, if any.
+    /// The `X-Registry-Auth` credentials a block or GitLab CI's variables
+    /// give for pulling `reference`, if any (pulls and pushes ask
+    /// [`crate::registry_api::registry_credentials`], which also asks the
+    /// credential source).
+    #[cfg(test)]
     pub(crate) fn credentials(&self, reference: &str) -> Option<DockerCredentials> {
         self.for_reference(reference)
             .filter(|e| e.has_credentials())
@@ -195,6 +310,11 @@ impl Auths {
                 entry.address,
                 entry.username.as_deref().unwrap_or("")
             ),
+            (true, _) if self.source_for(&registry).is_some() => format!(
+                "pulling image {reference} failed: the registry {registry} refused the login \
+                 berth obtained for it (for ECR: GetAuthorizationToken with the credentials of \
+                 provider \"aws\"; check that they may pull from this repository): {message}"
+            ),
             (true, _) => format!(
                 "pulling image {reference} failed: the registry {registry} requires \
                  credentials and none are configured for it; add \
@@ -206,6 +326,27 @@ impl Auths {
         };
         ProviderError::Api(text)
     }
+}
+
+/// A `registry_auth.endpoint`, normalised: `host[:port]` (a scheme or a
+/// trailing `/` is dropped; a path is refused).
+fn endpoint_of(registry: &str, text: &str) -> Result<String, ProviderError> {
+    let trimmed = text.trim();
+    let bare = trimmed
+        .strip_prefix("https://")
+        .or_else(|| trimmed.strip_prefix("http://"))
+        .unwrap_or(trimmed)
+        .trim_end_matches('/');
+    let valid = !bare.is_empty()
+        && !bare.contains(['/', '@', '?', '#'])
+        && !bare.chars().any(char::is_whitespace);
+    if !valid {
+        return Err(ProviderError::Config(format!(
+            "provider \"docker\": `registry_auth.endpoint` of {registry} must be a \
+             host[:port] (e.g. 127.0.0.1:5000), not {text:?}"
+        )));
+    }
+    Ok(bare.to_ascii_lowercase())
 }
 
 fn in_provider(e: ProviderError) -> ProviderError {

@@ -23,7 +23,9 @@
 //! Registries on `127.0.0.0/8`, `::1` and `localhost` are spoken to over
 //! plain `http://` (dockerd treats them as insecure registries by default);
 //! every other registry over `https://`. Docker Hub's API lives at
-//! `registry-1.docker.io`.
+//! `registry-1.docker.io`. A registry whose `registry_auth` block names an
+//! `endpoint` is spoken to there instead (the same scheme rule applies to
+//! the endpoint).
 //!
 //! Credentials for a registry come from one place,
 //! [`registry_credentials`], which the engine pushes use too. Passwords and
@@ -78,6 +80,9 @@ pub(crate) struct RegistryCredentials {
     /// The registry address as configured, sent to the engine as
     /// `serveraddress`.
     pub(crate) server_address: String,
+    /// Whether a [`CredentialSource`](crate::CredentialSource) logged in,
+    /// rather than a `registry_auth` block (for the advice in errors).
+    pub(crate) from_source: bool,
 }
 
 impl fmt::Debug for RegistryCredentials {
@@ -86,6 +91,7 @@ impl fmt::Debug for RegistryCredentials {
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "(sensitive)"))
             .field("server_address", &self.server_address)
+            .field("from_source", &self.from_source)
             .finish()
     }
 }
@@ -101,6 +107,18 @@ impl RegistryCredentials {
             username: username.filter(|u| !u.is_empty()),
             password: password.filter(|p| !p.is_empty()),
             server_address: server_address.to_owned(),
+            from_source: false,
+        }
+    }
+
+    /// What to check when the registry refuses these credentials.
+    pub(crate) fn advice(&self) -> &'static str {
+        if self.from_source {
+            "the login came from the registry's own service (for ECR: \
+             GetAuthorizationToken with the credentials of provider \"aws\"); check that \
+             those credentials may use this repository"
+        } else {
+            "check registry_auth's username and password in provider \"docker\""
         }
     }
 
@@ -139,31 +157,49 @@ impl RegistryCredentials {
 
 /// The credentials for the registry `host` (as [`ImageRef::registry`]
 /// names it: `registry.example.com:5000`, `docker.io`), for engine pushes
-/// (`X-Registry-Auth`) and for this module's HTTP calls alike.
+/// (`X-Registry-Auth`) and for this module's HTTP calls alike:
 ///
-/// Today they come from the provider's `registry_auth` blocks, else GitLab
-/// CI's `CI_REGISTRY` / `CI_REGISTRY_USER` / `CI_REGISTRY_PASSWORD`,
-/// matched exactly as for pulls ([`Auths::credentials`]). This function is
-/// the one seam for other sources: ECR registries
-/// (`<account>.dkr.ecr.<region>.amazonaws.com`) log in with user `AWS` and
-/// a 12-hour password from ECR's `GetAuthorizationToken` (the AWS
-/// provider's `ecr_credentials`); a source like that plugs in here, which
-/// is why the function is async and fallible. Until it is wired, an ECR
-/// password can be given through a `registry_auth` block.
+/// 1. the username and password of the provider's `registry_auth` block
+///    for `host`, else GitLab CI's `CI_REGISTRY` / `CI_REGISTRY_USER` /
+///    `CI_REGISTRY_PASSWORD`, matched exactly as for pulls;
+/// 2. else the plugged-in [`CredentialSource`](crate::CredentialSource)
+///    when it serves `host`: in berth, ECR registries
+///    (`<account>.dkr.ecr.<region>.amazonaws.com`) log in as `AWS` with a
+///    password from the AWS provider's `GetAuthorizationToken`, which that
+///    provider caches and renews when it expires;
+/// 3. else none (anonymous).
 pub(crate) async fn registry_credentials(
     auths: &Auths,
     host: &str,
 ) -> Result<Option<RegistryCredentials>, ProviderError> {
-    // `Auths` matches by image reference: any repository on `host` does.
-    let probe = format!("{host}/_");
-    let found = auths.credentials(&probe).map(|c| {
-        RegistryCredentials::new(
-            c.serveraddress.as_deref().unwrap_or(host),
-            c.username,
-            c.password,
-        )
-    });
-    Ok(found.filter(|c| !c.is_empty()))
+    let entry = auths.entry(host);
+    if let Some((username, password)) = entry.and_then(|e| e.basic()) {
+        let address = entry.map_or(host, |e| e.address.as_str());
+        return Ok(Some(RegistryCredentials::new(address, username, password)));
+    }
+    let Some(source) = auths.source_for(host) else {
+        return Ok(None);
+    };
+    let login = source.login(host).await?;
+    tracing::debug!(registry = %host, user = %login.username, "registry login from the credential source");
+    let address = entry.map_or(host, |e| e.address.as_str());
+    let mut found = RegistryCredentials::new(address, Some(login.username), Some(login.password));
+    found.from_source = true;
+    Ok(Some(found).filter(|c| !c.is_empty()))
+}
+
+/// The `X-Registry-Auth` credentials for pulling `reference`: those of its
+/// registry, as for pushes ([`registry_credentials`]), so an ECR image is
+/// pulled with the ECR login too. (A `registry_auth.endpoint` is not used
+/// for pulls: the engine pulls from the address in the reference.)
+pub(crate) async fn pull_credentials(
+    auths: &Auths,
+    reference: &str,
+) -> Result<Option<DockerCredentials>, ProviderError> {
+    let registry = crate::registry::registry_of(reference);
+    Ok(registry_credentials(auths, &registry)
+        .await?
+        .map(|c| c.docker()))
 }
 
 // ---------------------------------------------------------------------------
@@ -184,6 +220,10 @@ pub(crate) struct ImageRef {
     pub(crate) repository: String,
     /// The tag (`latest` when the reference has none).
     pub(crate) tag: String,
+    /// Where the registry is reached when not at `registry`
+    /// (`registry_auth.endpoint`): the API calls go there, and so does the
+    /// engine's push ([`ImageRef::push_name`]).
+    pub(crate) endpoint: Option<String>,
 }
 
 impl ImageRef {
@@ -226,7 +266,24 @@ impl ImageRef {
             registry,
             repository,
             tag: tag.to_owned(),
+            endpoint: None,
         })
+    }
+
+    /// The same reference, reached where `auths` says its registry is
+    /// (its `registry_auth.endpoint`, if any).
+    pub(crate) fn located(mut self, auths: &Auths) -> Self {
+        self.endpoint = auths.endpoint(&self.registry).map(str::to_owned);
+        self
+    }
+
+    /// The name the engine pushes: the reference without its tag, or
+    /// `endpoint/repository` when the registry is reached at an endpoint.
+    pub(crate) fn push_name(&self) -> String {
+        match &self.endpoint {
+            Some(endpoint) => format!("{endpoint}/{}", self.repository),
+            None => self.name.clone(),
+        }
     }
 
     /// `registry/repository:tag` as written.
@@ -245,7 +302,9 @@ impl ImageRef {
 
     /// The host the API is reached at.
     fn api_host(&self) -> &str {
-        if self.registry == DOCKER_HUB {
+        if let Some(endpoint) = &self.endpoint {
+            endpoint
+        } else if self.registry == DOCKER_HUB {
             DOCKER_HUB_API
         } else {
             &self.registry
@@ -760,10 +819,10 @@ impl Session<'_> {
             return Err(match self.credentials {
                 Some(c) => ProviderError::Api(format!(
                     "the registry {registry} refused the credentials for user `{}`: its token \
-                     service {realm} answered HTTP {} (check registry_auth's username and \
-                     password in provider \"docker\")",
+                     service {realm} answered HTTP {} ({})",
                     c.user(),
-                    status.as_u16()
+                    status.as_u16(),
+                    c.advice()
                 )),
                 None => ProviderError::Api(format!(
                     "the registry {registry} requires credentials and none are configured for \
@@ -818,10 +877,13 @@ impl Session<'_> {
 
     fn refused(&self, method: &Method, path: &str) -> ProviderError {
         let user = self.credentials.map(|c| c.user()).unwrap_or_default();
+        let advice = self
+            .credentials
+            .map(RegistryCredentials::advice)
+            .unwrap_or_default();
         ProviderError::Api(format!(
             "the registry {} refused the credentials for user `{user}` ({method} {path} \
-             answered HTTP 401; wrong credentials, or the user may not access {}); check \
-             registry_auth's username and password in provider \"docker\"",
+             answered HTTP 401; wrong credentials, or the user may not access {}); {advice}",
             self.image.registry, self.image.repository
         ))
     }
@@ -914,6 +976,7 @@ fn registry_errors(body: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::{CredentialSource, Login};
     use berth_provider::Attrs;
     use serde_json::json;
 
@@ -1085,6 +1148,122 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    /// A source that serves `*.dkr.ecr.*` hosts and counts its logins.
+    struct FakeEcr(std::sync::atomic::AtomicUsize);
+
+    impl CredentialSource for FakeEcr {
+        fn serves(&self, registry: &str) -> bool {
+            registry.contains(".dkr.ecr.")
+        }
+
+        fn login<'a>(&'a self, registry: &'a str) -> crate::registry::LoginFuture<'a> {
+            Box::pin(async move {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if registry.starts_with("000000000000.") {
+                    return Err(ProviderError::Api(format!(
+                        "cannot get a login for {registry}"
+                    )));
+                }
+                Ok(Login {
+                    username: "AWS".into(),
+                    password: format!("token-for-{registry}"),
+                })
+            })
+        }
+    }
+
+    fn attrs_of(v: serde_json::Value) -> Attrs {
+        match v {
+            serde_json::Value::Object(m) => m.into_iter().collect(),
+            _ => unreachable!(),
+        }
+    }
+
+    const ECR: &str = "123456789012.dkr.ecr.eu-west-1.amazonaws.com";
+
+    #[tokio::test]
+    async fn a_credential_source_serves_registries_no_block_gives_credentials_for() {
+        let source = std::sync::Arc::new(FakeEcr(Default::default()));
+        let config = attrs_of(json!({"registry_auth": [
+            {"address": "999999999999.dkr.ecr.us-east-1.amazonaws.com", "username": "AWS", "password": "explicit-pw"},
+            {"address": format!("https://{ECR}"), "endpoint": "http://127.0.0.1:5000/"}
+        ]}));
+        let auths = Auths::from_config(&config, |_| None)
+            .unwrap()
+            .with_source(Some(source.clone()));
+
+        // A block with a password wins; the source is not asked.
+        let c = registry_credentials(&auths, "999999999999.dkr.ecr.us-east-1.amazonaws.com")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.docker().password.as_deref(), Some("explicit-pw"));
+        assert!(c.advice().contains("registry_auth"), "{}", c.advice());
+        assert_eq!(source.0.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+        // A block without credentials (here: only an endpoint): the source
+        // logs in, with the block's address as `serveraddress`.
+        let c = registry_credentials(&auths, ECR).await.unwrap().unwrap();
+        assert_eq!(c.user(), "AWS");
+        assert_eq!(
+            c.docker().password.as_deref(),
+            Some(format!("token-for-{ECR}").as_str())
+        );
+        assert_eq!(c.server_address, format!("https://{ECR}"));
+        assert!(
+            c.advice().contains("GetAuthorizationToken"),
+            "{}",
+            c.advice()
+        );
+        assert!(!format!("{c:?}").contains("token-for"));
+        // No block at all: the source still serves its registries...
+        let other = "210987654321.dkr.ecr.us-east-2.amazonaws.com";
+        let c = registry_credentials(&auths, other).await.unwrap().unwrap();
+        assert_eq!(c.server_address, other);
+        // ... and it is asked at every use (it caches itself).
+        assert_eq!(source.0.load(std::sync::atomic::Ordering::SeqCst), 2);
+        // ...but not others.
+        assert!(
+            registry_credentials(&auths, "registry.gitlab.com")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        // Its errors come through.
+        let e = registry_credentials(&auths, "000000000000.dkr.ecr.us-east-1.amazonaws.com")
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("cannot get a login"), "{e}");
+        // Without a source, an ECR registry is anonymous.
+        let bare = Auths::from_config(&config, |_| None).unwrap();
+        assert!(registry_credentials(&bare, ECR).await.unwrap().is_none());
+    }
+
+    #[test]
+    fn an_endpoint_relocates_api_calls_and_pushes_but_not_the_name() {
+        let config =
+            attrs_of(json!({"registry_auth": {"address": ECR, "endpoint": "127.0.0.1:5000"}}));
+        let auths = Auths::from_config(&config, |_| None).unwrap();
+        let image = ImageRef::parse(&format!("{ECR}/team/app:v3"))
+            .unwrap()
+            .located(&auths);
+        assert_eq!(image.base_url(), "http://127.0.0.1:5000");
+        assert_eq!(image.push_name(), "127.0.0.1:5000/team/app");
+        assert_eq!(image.tagged(), format!("{ECR}/team/app:v3"));
+        assert_eq!(image.registry, ECR);
+        let elsewhere = ImageRef::parse("reg.io/app:v1").unwrap().located(&auths);
+        assert_eq!(elsewhere.base_url(), "https://reg.io");
+        assert_eq!(elsewhere.push_name(), "reg.io/app");
+        for bad in ["127.0.0.1:5000/v2", "user@host", " "] {
+            let config = attrs_of(json!({"registry_auth": {"address": ECR, "endpoint": bad}}));
+            let e = Auths::from_config(&config, |_| None).unwrap_err();
+            assert!(
+                e.to_string().contains("registry_auth.endpoint"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -33,6 +33,13 @@
 //! provider's `registry_auth` blocks or GitLab CI's `CI_REGISTRY*`, matched
 //! as for pulls). The engine reports failures inside the push stream; they
 //! become errors naming the registry (and the user), never the password.
+//! An ECR registry (`<account>.dkr.ecr.<region>.amazonaws.com`) that no
+//! block gives a username or password for logs in as `AWS` with the AWS
+//! provider's `GetAuthorizationToken` (the [`crate::CredentialSource`]
+//! berth's binary plugs in). A registry whose block names an `endpoint` is
+//! pushed to there: the image is tagged `endpoint/repository:tag` for the
+//! push and untagged after it; the name, the id and state keep the
+//! registry's address.
 //! The digest is read from the stream's final `digest: sha256:...` line,
 //! else asked of the registry with a `HEAD`. With a `host` block the push
 //! is made by that host's engine (where the `docker_image` was built); the
@@ -72,7 +79,9 @@ use berth_provider::{
 use bollard::Docker;
 use bollard::auth::DockerCredentials;
 use bollard::models::ImageInspect;
-use bollard::query_parameters::PushImageOptionsBuilder;
+use bollard::query_parameters::{
+    PushImageOptionsBuilder, RemoveImageOptionsBuilder, TagImageOptionsBuilder,
+};
 use futures_util::StreamExt;
 
 use crate::attrs;
@@ -165,7 +174,7 @@ pub(crate) async fn create(
     req: &ApplyRequest<'_>,
     progress: Progress<'_>,
 ) -> Result<Applied, ProviderError> {
-    let image = image_ref(req.config)?;
+    let image = image_ref(req.config)?.located(auths);
     let (image_id, digest) = push_local(docker, auths, &image, progress).await?;
     let mut attrs = req.config.clone();
     attrs.insert("image_id".into(), Value::from(image_id));
@@ -184,7 +193,7 @@ pub(crate) async fn update(
     req: &ApplyRequest<'_>,
     progress: Progress<'_>,
 ) -> Result<Applied, ProviderError> {
-    let image = image_ref(req.config)?;
+    let image = image_ref(req.config)?.located(auths);
     let prior = req.prior.cloned().unwrap_or_default();
     let prior_digest = attrs::non_empty_string(&prior, "sha256_digest")?;
     let wanted = attrs::non_empty_string(req.config, "sha256_digest")?;
@@ -224,7 +233,8 @@ pub(crate) async fn delete(
             Some((image, _)) => image.clone(),
             None => return Ok(()),
         },
-    };
+    }
+    .located(auths);
     if attrs::boolean(req.attrs, "keep_remotely")?.unwrap_or(false) {
         progress(&format!(
             "keeping {} in the registry (keep_remotely)",
@@ -291,6 +301,7 @@ async fn observe(
     address: String,
     image: ImageRef,
 ) -> Result<Option<Observed>, ProviderError> {
+    let image = image.located(auths);
     let credentials = registry_credentials(auths, &image.registry).await?;
     let current = registry_api::manifest_digest(&image, &image.tag, credentials.as_ref()).await?;
     Ok(current.map(|digest| Observed {
@@ -340,15 +351,77 @@ async fn push(
 ) -> Result<String, ProviderError> {
     let tagged = image.tagged();
     progress(&format!("pushing {tagged}"));
-    let options = PushImageOptionsBuilder::new().tag(&image.tag).build();
     // The engine wants an X-Registry-Auth header even for anonymous pushes.
-    let header = credentials
+    let mut header = credentials
         .map(RegistryCredentials::docker)
         .unwrap_or_else(|| DockerCredentials {
             serveraddress: Some(image.registry.clone()),
             ..Default::default()
         });
-    let mut stream = docker.push_image(&image.name, Some(options), Some(header));
+    // A registry reached at an endpoint: the engine pushes the image under
+    // the endpoint's name (an extra tag, removed again afterwards), with
+    // the registry's credentials. The manifest, and so the digest, is the
+    // same under either name.
+    let push_name = image.push_name();
+    let alias = image.endpoint.as_ref().map(|endpoint| {
+        header.serveraddress = Some(endpoint.clone());
+        format!("{push_name}:{}", image.tag)
+    });
+    if let Some(alias) = &alias {
+        let tag = TagImageOptionsBuilder::new()
+            .repo(&push_name)
+            .tag(&image.tag)
+            .build();
+        docker.tag_image(&tagged, Some(tag)).await.map_err(|e| {
+            ProviderError::Api(format!(
+                "cannot tag {tagged} as {alias} to push it to the registry's endpoint: {}",
+                message(&e)
+            ))
+        })?;
+    }
+    let streamed = push_stream(
+        docker,
+        auths,
+        image,
+        &push_name,
+        header,
+        credentials,
+        progress,
+    )
+    .await;
+    if let Some(alias) = &alias {
+        let untag = RemoveImageOptionsBuilder::new().noprune(true).build();
+        if let Err(e) = docker.remove_image(alias, Some(untag), None).await {
+            tracing::debug!(%alias, "cannot remove the endpoint tag: {}", message(&e));
+        }
+    }
+    if let Some(digest) = streamed? {
+        return Ok(digest);
+    }
+    // No digest line (an engine that words it otherwise): ask the registry.
+    registry_api::manifest_digest(image, &image.tag, credentials)
+        .await?
+        .ok_or_else(|| {
+            ProviderError::Api(format!(
+                "pushed {tagged}, but the registry {} does not know the tag",
+                image.registry
+            ))
+        })
+}
+
+/// Follows the engine's push of `push_name:tag`; the digest of its final
+/// line, if it has one.
+async fn push_stream(
+    docker: &Docker,
+    auths: &Auths,
+    image: &ImageRef,
+    push_name: &str,
+    header: DockerCredentials,
+    credentials: Option<&RegistryCredentials>,
+    progress: Progress<'_>,
+) -> Result<Option<String>, ProviderError> {
+    let options = PushImageOptionsBuilder::new().tag(&image.tag).build();
+    let mut stream = docker.push_image(push_name, Some(options), Some(header));
     let mut digest = None;
     while let Some(item) = stream.next().await {
         let info = item.map_err(|e| push_error(auths, image, credentials, &message(&e)))?;
@@ -370,18 +443,7 @@ async fn push(
             progress(&status);
         }
     }
-    if let Some(digest) = digest {
-        return Ok(digest);
-    }
-    // No digest line (an engine that words it otherwise): ask the registry.
-    registry_api::manifest_digest(image, &image.tag, credentials)
-        .await?
-        .ok_or_else(|| {
-            ProviderError::Api(format!(
-                "pushed {tagged}, but the registry {} does not know the tag",
-                image.registry
-            ))
-        })
+    Ok(digest)
 }
 
 /// The digest in the engine's last push line, `v1: digest: sha256:... size: 527`.
@@ -422,9 +484,9 @@ fn push_error(
     ProviderError::Api(match (refused, credentials) {
         (true, Some(c)) => format!(
             "pushing image {tagged} failed: the registry {registry} refused the credentials \
-             for user `{}` (check registry_auth's username and password in provider \
-             \"docker\", and that the user may push to {}): {text}",
+             for user `{}` ({}, and that the user may push to {}): {text}",
             c.user(),
+            c.advice(),
             image.repository
         ),
         (true, None) => format!(

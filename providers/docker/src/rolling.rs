@@ -9,12 +9,19 @@
 //!   or published by the load balancer): the new replica starts as
 //!   `<final name>-next-<hex>` next to the old one and must become ready
 //!   (Docker's health check, berth's HTTP check, or running). Then, with a
-//!   load balancer, it is added to the upstreams and nginx reloads, the old
-//!   replica is taken out and nginx reloads again, and after a short drain
-//!   the old replica is renamed out of the way (`-prev-<hex>`), the new one
-//!   takes the final name, and the old one is stopped and removed. Without
-//!   a load balancer the switch is the rename: clients on a Docker network
-//!   that use the container's name reach the new one from then on.
+//!   load balancer, one change puts the new replica in and takes the old
+//!   one out; once the old one has drained (the proxy says when its last
+//!   request is done; nginx gets `load_balancer { drain }`), it is renamed
+//!   out of the way (`-prev-<hex>`), the new one takes the final name, and
+//!   the old one is stopped and removed in the background while the next
+//!   replica starts (the rollout waits for those at its end). The load
+//!   balancer learns the final names with the next change (or one at the
+//!   end): until then it knows the new replica by its temporary name, which
+//!   changes nothing for the proxy (it forwards by IP) or for a running
+//!   nginx (it resolved the name when it loaded it). Without a load
+//!   balancer the switch is the rename:
+//!   clients on a Docker network that use the container's name reach the
+//!   new one from then on.
 //! * **Swap** (the replicas publish fixed host ports themselves: a single
 //!   container with `ports { external }` and no `load_balancer`, or a
 //!   non-TCP port): the new container is created, the old one stopped to
@@ -54,10 +61,17 @@ struct Rollout<'a> {
     spec: &'a Spec,
     /// The load balancer that stays, and its container id.
     balancer: Option<(Balancer<'a>, String)>,
-    /// The replicas the load balancer points at now.
+    /// The replicas the load balancer points at now (by their current
+    /// names).
     serving: Vec<String>,
+    /// Whether the load balancer's configuration still names a replica by
+    /// the temporary name it had when it went in.
+    stale: bool,
     /// `destroy_grace_seconds` of the old replicas.
     grace: i64,
+    /// Old replicas being stopped and removed in the background (they are
+    /// out of the load balancer and drained) while the next ones start.
+    stopping: Vec<(String, tokio::task::JoinHandle<Result<(), ProviderError>>)>,
     /// How many replicas run the new configuration.
     replaced: usize,
     progress: Progress<'a>,
@@ -78,6 +92,7 @@ impl Rollout<'_> {
         match balancer.reload(id, &servers, self.progress).await {
             Ok(()) => {
                 self.serving = servers;
+                self.stale = false;
                 Ok(())
             }
             Err(e) => {
@@ -101,8 +116,63 @@ impl Rollout<'_> {
             .cloned()
             .collect();
         self.point_lb(staying).await?;
-        tokio::time::sleep(lb::DRAIN).await;
+        self.drain().await;
         Ok(())
+    }
+
+    /// Stops and removes `previous` in the background: it serves nothing
+    /// any more, so the next replica need not wait for its engine-side
+    /// teardown. [`Rollout::join_stops`] collects the outcome.
+    fn stop_later(&mut self, previous: &Replica) {
+        (self.progress)(&format!(
+            "stopping the previous {} (in the background)",
+            previous.name
+        ));
+        let docker = self.docker().clone();
+        let id = previous.id.clone();
+        let grace = self.grace;
+        let task = tokio::spawn(async move { stop_and_remove(&docker, &id, grace).await });
+        self.stopping.push((previous.name.clone(), task));
+    }
+
+    /// Waits for the background stops; the first failure is the error.
+    async fn join_stops(&mut self) -> Result<(), ProviderError> {
+        let mut failure = None;
+        for (name, task) in std::mem::take(&mut self.stopping) {
+            let outcome = match task.await {
+                Ok(outcome) => outcome,
+                Err(e) => Err(ProviderError::Api(format!(
+                    "stopping the previous {name} did not finish: {e}"
+                ))),
+            };
+            match outcome {
+                Ok(()) => (self.progress)(&format!("removed the previous {name}")),
+                Err(e) => {
+                    tracing::warn!(container = %name, "{e}");
+                    failure.get_or_insert(e);
+                }
+            }
+        }
+        failure.map_or(Ok(()), Err)
+    }
+
+    /// Waits until the replicas just taken out have finished their requests.
+    async fn drain(&self) {
+        if let Some((balancer, id)) = &self.balancer {
+            balancer.drain(id, self.progress).await;
+        }
+    }
+
+    /// After a failure: a load balancer that still names a replica by its
+    /// temporary name learns the current names (best effort), so a restart
+    /// of nginx finds every name it is given.
+    async fn settle(&mut self) {
+        if self.stale {
+            let serving = self.serving.clone();
+            if let Err(e) = self.point_lb(serving).await {
+                tracing::warn!("updating the load balancer after the failure failed: {e}");
+            }
+        }
     }
 
     /// The error that ends the rollout, saying what runs now.
@@ -151,11 +221,21 @@ impl Rollout<'_> {
                 .await?;
             self.target.start(&id, &temp).await?;
         }
+        let started = std::time::Instant::now();
         for (name, id) in created.iter() {
             self.target
                 .wait_ready(self.spec, id, name, self.progress)
                 .await?;
         }
+        (self.progress)(&format!(
+            "ready after {:.2}s: {}",
+            started.elapsed().as_secs_f64(),
+            created
+                .iter()
+                .map(|(name, _)| name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
         Ok(())
     }
 
@@ -172,18 +252,27 @@ impl Rollout<'_> {
             return Err(self.stopped(&at, e));
         }
 
-        // New replicas into the load balancer, then the old ones out.
-        let mut with_new = self.serving.clone();
-        with_new.extend(created.iter().map(|(name, _)| name.clone()));
-        if let Err(e) = self.point_lb(with_new).await {
-            self.discard(&created).await;
-            return Err(self.stopped(&at, e));
-        }
+        // One change: the new replicas in, the old ones out; then the old
+        // ones drain.
         let old_names: Vec<&str> = steps
             .iter()
             .filter_map(|s| s.previous.as_ref().map(|p| p.name.as_str()))
             .collect();
-        self.take_out(&old_names).await?;
+        let mut next: Vec<String> = self
+            .serving
+            .iter()
+            .filter(|s| !old_names.contains(&s.as_str()))
+            .cloned()
+            .collect();
+        let taken_out = next.len() < self.serving.len();
+        next.extend(created.iter().map(|(name, _)| name.clone()));
+        if let Err(e) = self.point_lb(next).await {
+            self.discard(&created).await;
+            return Err(self.stopped(&at, e));
+        }
+        if taken_out {
+            self.drain().await;
+        }
 
         // The switch: old names out of the way, new ones take the final
         // names, old replicas go.
@@ -205,12 +294,11 @@ impl Rollout<'_> {
             ));
         }
         for previous in steps.iter().filter_map(|s| s.previous.as_ref()) {
-            (self.progress)(&format!("removing the previous {}", previous.name));
-            stop_and_remove(self.docker(), &previous.id, self.grace).await?;
+            self.stop_later(previous);
         }
         self.replaced += steps.len();
 
-        // The load balancer by the final names.
+        // The load balancer learns the final names with its next change.
         let renamed: Vec<String> = self
             .serving
             .iter()
@@ -224,7 +312,8 @@ impl Rollout<'_> {
             })
             .collect();
         if renamed != self.serving {
-            self.point_lb(renamed).await?;
+            self.serving = renamed;
+            self.stale = self.balancer.is_some();
         }
         Ok(())
     }
@@ -299,6 +388,66 @@ impl Rollout<'_> {
             self.point_lb(with_new).await?;
         }
         Ok(())
+    }
+
+    /// Replaces the replicas `ks` batch by batch (`max_parallel` at a
+    /// time), skipping those that already run the new configuration, then
+    /// removes the old replicas the new configuration has no place for.
+    async fn run(
+        &mut self,
+        old: &[Replica],
+        ks: &[u32],
+        config_hash: &str,
+    ) -> Result<(), ProviderError> {
+        let spec = self.spec;
+        let mut claimed: Vec<String> = Vec::new();
+        let batch_size = usize::try_from(spec.max_parallel).unwrap_or(1).max(1);
+        for batch in ks.chunks(batch_size) {
+            let mut steps = Vec::new();
+            for &k in batch {
+                let final_name = spec.replica_name(k);
+                let previous = old
+                    .iter()
+                    .filter(|r| r.index == k && !claimed.contains(&r.id))
+                    .min_by_key(|r| r.name != final_name)
+                    .cloned();
+                if let Some(previous) = &previous {
+                    claimed.push(previous.id.clone());
+                    if previous.running
+                        && previous.name == final_name
+                        && previous.config_hash.as_deref() == Some(config_hash)
+                        && previous.image_id.as_deref() == Some(self.target.image_id.as_str())
+                    {
+                        (self.progress)(&format!(
+                            "{final_name} already runs the new configuration"
+                        ));
+                        self.replaced += 1;
+                        continue;
+                    }
+                }
+                steps.push(Step {
+                    k,
+                    final_name,
+                    previous,
+                });
+            }
+            if steps.is_empty() {
+                continue;
+            }
+            if spec.has_fixed_ports() {
+                for step in steps {
+                    self.swap(step).await?;
+                }
+            } else {
+                self.side_by_side(steps).await?;
+            }
+        }
+        let extras: Vec<Replica> = old
+            .iter()
+            .filter(|r| !claimed.contains(&r.id))
+            .cloned()
+            .collect();
+        self.retire(&extras).await
     }
 
     /// Removes old replicas the new configuration has no place for.
@@ -391,65 +540,27 @@ pub(crate) async fn replace(
             .filter(|r| r.running)
             .map(|r| r.name.clone())
             .collect(),
+        stale: false,
         grace,
+        stopping: Vec::new(),
         replaced: 0,
         progress,
     };
 
-    let old = objects.replicas.clone();
-    let mut claimed: Vec<String> = Vec::new();
     let ks: Vec<u32> = (1..=spec.replicas).collect();
-    let batch_size = usize::try_from(spec.max_parallel).unwrap_or(1).max(1);
-    for batch in ks.chunks(batch_size) {
-        let mut steps = Vec::new();
-        for &k in batch {
-            let final_name = spec.replica_name(k);
-            let previous = old
-                .iter()
-                .filter(|r| r.index == k && !claimed.contains(&r.id))
-                .min_by_key(|r| r.name != final_name)
-                .cloned();
-            if let Some(previous) = &previous {
-                claimed.push(previous.id.clone());
-                if previous.running
-                    && previous.name == final_name
-                    && previous.config_hash.as_deref() == Some(req.config_hash)
-                    && previous.image_id.as_deref() == Some(target.image_id.as_str())
-                {
-                    progress(&format!("{final_name} already runs the new configuration"));
-                    roll.replaced += 1;
-                    continue;
-                }
-            }
-            steps.push(Step {
-                k,
-                final_name,
-                previous,
-            });
-        }
-        if steps.is_empty() {
-            continue;
-        }
-        if spec.has_fixed_ports() {
-            for step in steps {
-                roll.swap(step).await?;
-            }
-        } else {
-            roll.side_by_side(steps).await?;
-        }
+    let ran = roll.run(&objects.replicas, &ks, req.config_hash).await;
+    let stopped = roll.join_stops().await;
+    if let Err(e) = ran {
+        roll.settle().await;
+        return Err(e);
     }
-    let extras: Vec<Replica> = old
-        .iter()
-        .filter(|r| !claimed.contains(&r.id))
-        .cloned()
-        .collect();
-    roll.retire(&extras).await?;
+    stopped?;
 
     let wanted: Vec<String> = ks.iter().map(|k| spec.replica_name(*k)).collect();
     let now = list_objects(docker, req.owner, req.address).await?;
     let servers = now.running_names(&wanted);
     if let Some((balancer, id)) = &roll.balancer {
-        if servers != roll.serving {
+        if servers != roll.serving || roll.stale {
             balancer.reload(id, &servers, progress).await?;
         }
     } else {

@@ -11,13 +11,18 @@
 //!
 //! Variables carry no labels, so refresh lists each project that state
 //! mentions once (paged by `x-next-page`) and matches the recorded ids. It
-//! never reports `value`: hidden variables read back as `null`, and the
-//! engine judges value changes against the keyed hash it stored.
+//! never reports a value: a hidden variable's `value` is reported as `null`
+//! (GitLab answers so), which the plan names as a value that cannot be read
+//! back, and the engine judges value changes against the keyed hash it
+//! stored.
 //!
 //! A create that meets an existing variable with the same key and scope
 //! (GitLab's 400 "has already been taken") fails with an explanation, as
 //! Terraform does: berth cannot import yet and will not take over a variable
-//! it did not record.
+//! it did not record. One exception: a variable identical in every attribute
+//! (value included; never a hidden one, whose value cannot be read) is what
+//! berth's own create made when berth was killed, or its answer lost, before
+//! the state write; it is taken over, which changes nothing in GitLab.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -227,6 +232,12 @@ impl ApiVariable {
         // GitLab before 17.4 has no `hidden`: then say nothing about it.
         if let Some(hidden) = self.hidden {
             out.insert("hidden".into(), Value::from(hidden));
+            // GitLab answers `value: null` for a hidden variable; reporting
+            // that null tells the engine the value cannot be read back (the
+            // plan says so). Other values are not reported at all.
+            if hidden {
+                out.insert("value".into(), Value::Null);
+            }
         }
         out
     }
@@ -400,6 +411,17 @@ pub(crate) async fn create(gl: &GitLab, req: &ApplyRequest<'_>) -> Result<Applie
         .await?;
     drop(body);
     if answer.status == 400 && is_already_taken(&answer.body) {
+        if is_what_create_makes(gl, &spec).await {
+            // berth's own create, whose answer never reached the state
+            // (berth was killed, or the answer was lost and the request
+            // retried): identical in every attribute, so taking it over
+            // changes nothing in GitLab.
+            tracing::info!(variable = %ident.encode(), "adopting an identical variable");
+            return Ok(Applied {
+                id: ident.encode(),
+                attrs: spec.attrs(req.config),
+            });
+        }
         return Err(ProviderError::Api(format!(
             "{what}: it already exists in GitLab and berth's state does not record it (it was \
              created outside berth, or by a berth run that stopped before saving state). berth \
@@ -434,6 +456,49 @@ pub(crate) async fn create(gl: &GitLab, req: &ApplyRequest<'_>) -> Result<Applie
         id: ident.encode(),
         attrs: spec.attrs(req.config),
     })
+}
+
+/// Whether the variable GitLab already has under the spec's key and scope
+/// is exactly what creating it would have made: readable (not hidden), and
+/// equal in value, type, protection, masking, raw and description. Any
+/// doubt (an error, a field missing) is a no.
+async fn is_what_create_makes(gl: &GitLab, spec: &Spec) -> bool {
+    #[derive(Deserialize)]
+    struct Existing {
+        value: Option<String>,
+        #[serde(flatten)]
+        rest: ApiVariable,
+    }
+    let ident = &spec.ident;
+    let what = format!("cannot read {}", ident.describe());
+    let Ok(answer) = gl
+        .send(
+            &what,
+            Method::GET,
+            &ident.variable_path(),
+            &[(FILTER, &ident.scope)],
+            None,
+        )
+        .await
+    else {
+        return false;
+    };
+    if !answer.is_success() || spec.hidden {
+        return false;
+    }
+    let Ok(found) = serde_json::from_str::<Existing>(&answer.body) else {
+        return false;
+    };
+    let v = &found.rest;
+    found.value.as_deref() == Some(spec.value.as_str())
+        && v.key == ident.key
+        && v.environment_scope.as_deref().unwrap_or(DEFAULT_SCOPE) == ident.scope
+        && v.variable_type.as_deref().unwrap_or(DEFAULT_TYPE) == spec.variable_type
+        && v.protected == Some(spec.protected)
+        && v.masked == Some(spec.masked)
+        && v.raw.unwrap_or(false) == spec.raw
+        && v.hidden != Some(true)
+        && v.description.as_deref().unwrap_or("") == spec.description
 }
 
 /// Updates value, type, protection, masking, raw and description in place

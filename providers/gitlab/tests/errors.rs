@@ -1,5 +1,6 @@
 //! Errors of the gitlab provider against the double: GitLab's own 400
-//! messages, 429 retried after `Retry-After`, 401 without the token in the
+//! messages, 429 retried after `Retry-After`, injected 5xx retried where a
+//! second attempt cannot act twice, 401 without the token in the
 //! text, the job-token hint, unknown projects, and use before configure or
 //! without a token.
 
@@ -7,7 +8,9 @@ mod double;
 
 use berth_gitlab::GitLabProvider;
 use berth_provider::{Attrs, Provider, ProviderContext, ProviderError};
-use double::{Double, attrs, create, planned, provider, provider_with_token, refresh};
+use double::{
+    Double, attrs, create, delete, planned, provider, provider_with_token, refresh, update,
+};
 use serde_json::json;
 
 fn ctx() -> ProviderContext {
@@ -78,6 +81,66 @@ async fn a_429_is_retried_after_retry_after() {
         .expect("refresh after one 429");
     assert_eq!(observed.len(), 1);
     assert_eq!(d.count("GET /projects/:id/variables"), 2);
+}
+
+#[tokio::test]
+async fn injected_server_errors_are_retried_when_a_retry_cannot_act_twice() {
+    let d = Double::start().await;
+    let p = provider(&d).await;
+    let address = "gitlab_project_variable.flaky";
+    let config = planned(
+        &p,
+        json!({"project": "group/sub/project", "key": "FLAKY", "value": "first"}),
+    )
+    .await;
+
+    // 503 says the request was not acted on: even a POST is sent again.
+    d.fail_next(&[503]);
+    let applied = create(&p, address, &config)
+        .await
+        .expect("create after a 503");
+    assert_eq!(d.count("POST /projects/:id/variables"), 2);
+    assert_eq!(d.vars(2).len(), 1);
+
+    // GET, PUT and DELETE are retried after 500, 502 and 504 too.
+    d.fail_next(&[500, 502]);
+    let observed = refresh(&p, &[(address.into(), applied.id.clone())])
+        .await
+        .expect("refresh after two 5xx");
+    assert_eq!(observed.len(), 1);
+    assert_eq!(d.count("GET /projects/:id/variables"), 3);
+
+    let mut changed = config.clone();
+    changed.insert("value".into(), json!("second"));
+    d.fail_next(&[504]);
+    let updated = update(&p, address, &applied, &changed)
+        .await
+        .expect("update after a 504");
+    assert_eq!(d.count("PUT /projects/:id/variables/:key"), 2);
+    assert_eq!(d.var(2, "FLAKY", "*").expect("FLAKY").value, "second");
+
+    d.fail_next(&[502]);
+    delete(&p, address, &updated)
+        .await
+        .expect("delete after a 502");
+    assert!(d.vars(2).is_empty());
+
+    // A POST that may have been acted on (500) is not sent twice: the
+    // error carries GitLab's message and the address, and nothing exists.
+    let other = planned(
+        &p,
+        json!({"project": "1", "key": "ONCE", "value": "only-once"}),
+    )
+    .await;
+    let before = d.count("POST /projects/:id/variables");
+    d.fail_next(&[500]);
+    let e = create(&p, "gitlab_project_variable.once", &other)
+        .await
+        .expect_err("a 500 on POST is not retried");
+    let text = e.to_string();
+    assert!(text.contains("500"), "{text}");
+    assert_eq!(d.count("POST /projects/:id/variables"), before + 1);
+    assert!(d.vars(1).is_empty());
 }
 
 #[tokio::test]

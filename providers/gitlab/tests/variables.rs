@@ -311,6 +311,40 @@ async fn project_paths_with_slashes_are_url_encoded() {
     assert!(d.vars(2).is_empty());
 }
 
+/// Regression (RELIABILITY.md, R1): berth killed after GitLab created the
+/// variable and before the state write; the next apply's create meets it.
+#[tokio::test]
+async fn an_identical_unrecorded_variable_left_by_a_killed_create_is_taken_over() {
+    let d = Double::start().await;
+    let p = provider(&d).await;
+    let left = Var::new("RELEASE", "berth-value");
+    d.seed(1, left.clone());
+    let config = planned(
+        &p,
+        json!({"project": "1", "key": "RELEASE", "value": "berth-value"}),
+    )
+    .await;
+    let applied = create(&p, "gitlab_project_variable.release", &config)
+        .await
+        .expect("the variable berth's own create made is taken over");
+    assert_eq!(applied.id, "1|RELEASE|*");
+    assert_eq!(d.vars(1), vec![left], "nothing changed in GitLab");
+
+    // One differing in anything (here `protected`) is still refused.
+    let mut other = Var::new("OTHER", "berth-value");
+    other.protected = true;
+    d.seed(1, other);
+    let config = planned(
+        &p,
+        json!({"project": "1", "key": "OTHER", "value": "berth-value"}),
+    )
+    .await;
+    let err = create(&p, "gitlab_project_variable.other", &config)
+        .await
+        .expect_err("not identical");
+    assert!(err.to_string().contains("already exists"), "{err}");
+}
+
 #[tokio::test]
 async fn an_unrecorded_variable_with_the_same_key_and_scope_is_not_taken_over() {
     let d = Double::start().await;

@@ -140,11 +140,13 @@ impl SshConnection {
                 Ok((conn, verdict)) => {
                     if verdict == Verdict::FirstUse {
                         store.record(policy.store_key(), &conn.inner.fingerprint);
-                        progress(&format!(
+                        // A warning, not a progress line: it is printed
+                        // at every verbosity and never throttled away.
+                        tracing::warn!(
                             "trusting the host key of {} on first use: {} (recorded; a different key later will be refused)",
                             policy.store_key(),
                             conn.inner.fingerprint
-                        ));
+                        );
                     }
                     tracing::debug!(host = %name, attempt, "SSH connection established");
                     return Ok(conn);

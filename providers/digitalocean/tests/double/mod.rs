@@ -8,7 +8,8 @@
 //!   required, else 422), list (`tag_name`, `name`, `page`, `per_page` 1 to
 //!   200, `links.pages`, `meta.total`), get, delete (204); a new droplet
 //!   goes `new` → `active` after a configurable number of reads and then has
-//!   a public and a private IPv4; a deleted one answers reads for a few more
+//!   a public and a private IPv4 (the public one settable, `public_ipv4`, so
+//!   an end-to-end test can point it at a server of its own on loopback); a deleted one answers reads for a few more
 //!   polls before 404;
 //! - droplet actions (201 with an action that goes `in-progress` →
 //!   `completed` over a few polls of `GET /v2/actions/{id}`, taking effect
@@ -79,6 +80,10 @@ pub struct Options {
     /// `spec`); a [`Double`] with violations fails the test when it is
     /// dropped, unless they were taken with [`Double::take_violations`].
     pub check_spec: bool,
+    /// The public IPv4 address every droplet reports once active; `None`:
+    /// `203.0.113.N` (a documentation range) from the droplet's id. An
+    /// end-to-end test sets `127.0.0.1` to reach an sshd of its own.
+    pub public_ipv4: Option<String>,
 }
 
 impl Default for Options {
@@ -93,6 +98,7 @@ impl Default for Options {
             fail_every: None,
             fail_rate: 0.0,
             check_spec: true,
+            public_ipv4: None,
         }
     }
 }
@@ -298,6 +304,12 @@ impl Double {
         self.options().latency = latency;
     }
 
+    /// Changes the public IPv4 address droplets report once active (see
+    /// [`Options::public_ipv4`]); droplets already active keep theirs.
+    pub fn set_public_ipv4(&self, address: Option<&str>) {
+        self.options().public_ipv4 = address.map(str::to_owned);
+    }
+
     /// Changes the every-Nth 500 injection.
     pub fn set_fail_every(&self, every: Option<u64>) {
         self.options().fail_every = every;
@@ -368,6 +380,22 @@ impl Double {
         self.state().firewalls.get(id).cloned()
     }
 
+    /// Every droplet that exists (not the deleted ones still answering
+    /// reads), as the API would show it.
+    pub fn droplets(&self) -> Vec<Value> {
+        self.state()
+            .droplets
+            .values()
+            .filter(|d| d.deleted.is_none())
+            .map(|d| d.json.clone())
+            .collect()
+    }
+
+    /// Every firewall, as the API would show it.
+    pub fn firewalls(&self) -> Vec<Value> {
+        self.state().firewalls.values().cloned().collect()
+    }
+
     /// The SSH keys on the account.
     pub fn keys(&self) -> Vec<Value> {
         self.state().keys.values().cloned().collect()
@@ -393,7 +421,8 @@ impl Double {
         let id = st.next_id;
         let tags: Vec<String> = tags.iter().map(|t| ensure_tag(&mut st, t)).collect();
         let mut json = droplet_json(id, name, size, image, region, &tags);
-        activate(&mut json, id, false);
+        let public_ipv4 = self.options().public_ipv4.clone();
+        activate(&mut json, id, false, public_ipv4.as_deref());
         st.droplets.insert(
             id,
             Droplet {
@@ -520,13 +549,14 @@ fn droplet_json(
     })
 }
 
-fn activate(json: &mut Value, id: u64, ipv6: bool) {
+fn activate(json: &mut Value, id: u64, ipv6: bool, public_ipv4: Option<&str>) {
     json["status"] = json!("active");
     let n = id % 250 + 1;
+    let public = public_ipv4.map_or_else(|| format!("203.0.113.{n}"), str::to_owned);
     json["networks"] = json!({
         "v4": [
             {"ip_address": format!("10.10.0.{n}"), "netmask": "255.255.0.0", "gateway": "nil", "type": "private"},
-            {"ip_address": format!("203.0.113.{n}"), "netmask": "255.255.255.0", "gateway": "203.0.113.254", "type": "public"}
+            {"ip_address": public, "netmask": "255.255.255.0", "gateway": "203.0.113.254", "type": "public"}
         ],
         "v6": if ipv6 {
             json!([{"ip_address": format!("2604:A880:0:1010::{n:x}"), "netmask": 64, "gateway": "2604:a880:0:1010::1", "type": "public"}])
@@ -971,7 +1001,12 @@ fn create_droplet(st: &mut State, options: &Options, body: &Value) -> Reply {
         }
     }
     if options.polls_until_active == Some(0) {
-        activate(&mut json, id, body["ipv6"].as_bool() == Some(true));
+        activate(
+            &mut json,
+            id,
+            body["ipv6"].as_bool() == Some(true),
+            options.public_ipv4.as_deref(),
+        );
     }
     st.droplets.insert(
         id,
@@ -1010,7 +1045,7 @@ fn get_droplet(st: &mut State, options: &Options, id: &str) -> Reply {
         d.polls += 1;
         if d.json["status"] == "new" && options.polls_until_active.is_some_and(|n| d.polls >= n) {
             let ipv6 = strings(&d.json["features"]).iter().any(|f| f == "ipv6");
-            activate(&mut d.json, id, ipv6);
+            activate(&mut d.json, id, ipv6, options.public_ipv4.as_deref());
         }
     }
     let json = d.json.clone();

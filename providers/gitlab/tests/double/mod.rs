@@ -17,6 +17,9 @@
 //!   (job tokens are not accepted on this API);
 //! - `RateLimit-*` headers, and a switch for 429 with `Retry-After: 1` and a
 //!   plain-text `Retry later` body;
+//! - injected server errors: the next requests answered with a 5xx and
+//!   GitLab's `{"message":"500 Internal Server Error"}`-style body, before
+//!   anything is stored;
 //! - per-route request counters.
 //!
 //! The masking rules are written out again here from GitLab's regexes,
@@ -108,6 +111,7 @@ struct Inner {
     projects: Vec<Project>,
     counts: BTreeMap<String, u64>,
     throttle: u32,
+    failures: Vec<u16>,
     max_vars: Option<usize>,
     auth_seen: Vec<String>,
     raw_paths: Vec<String>,
@@ -242,6 +246,12 @@ impl Double {
     /// Answers the next `n` requests with 429.
     pub fn throttle(&self, n: u32) {
         self.lock().throttle = n;
+    }
+
+    /// Answers the next requests with these statuses (500, 502, 503, ...),
+    /// one each, in order, without acting on them.
+    pub fn fail_next(&self, statuses: &[u16]) {
+        self.lock().failures.extend_from_slice(statuses);
     }
 
     /// GitLab's plan limit on variables per project.
@@ -399,6 +409,17 @@ async fn handle(
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         return response;
+    }
+
+    if !s.failures.is_empty() {
+        let code = s.failures.remove(0);
+        let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let text = format!(
+            "{code} {}",
+            status.canonical_reason().unwrap_or("Server Error")
+        );
+        // No RateLimit-* headers: this is not a throttled answer.
+        return (status, axum::Json(json!({ "message": text }))).into_response();
     }
 
     let auth = if headers.contains_key("private-token") {
