@@ -15,7 +15,7 @@ section "Docker engine"
 bash scripts/ensure-docker.sh
 
 bash scripts/build-demo-image.sh
-bash scripts/build-lb-image.sh
+bash scripts/build-proxy-image.sh
 
 section "berth: cargo build --release -p berth"
 cargo build --release -p berth

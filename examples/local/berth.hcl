@@ -8,12 +8,6 @@ variable "port" {
   description = "Host port of the load balancer in front of the replicas."
 }
 
-variable "lb_image" {
-  type        = string
-  default     = "berth-test-nginx:latest"
-  description = "nginx image of the load balancer. scripts/build-lb-image.sh builds this one from Debian's nginx, since no registry is reachable here; elsewhere use nginx:1.27-alpine."
-}
-
 locals {
   app = "berth-demo-${berth.env}"
 }
@@ -46,8 +40,11 @@ resource "docker_container" "web" {
     name = docker_network.app.name
   }
 
+  # berth's own proxy (image berth-proxy:<berth version>, built by
+  # scripts/build-proxy-image.sh): replicas change without dropping a
+  # connection. `kind = "nginx"` is the alternative.
   load_balancer {
-    image = var.lb_image
+    kind = "berth-proxy"
   }
 
   healthcheck {

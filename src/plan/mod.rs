@@ -307,11 +307,15 @@ pub async fn plan(session: &Session, scope: &mut Scope, destroy: bool) -> Result
             );
             if change.action == Action::Replace
                 && change.prior_id.is_some()
-                && let (Some(known), Some(provider)) = (
-                    desired.all_known(),
-                    loaded.registry.provider_for(&resource.type_name),
-                )
+                && let Some(provider) = loaded.registry.provider_for(&resource.type_name)
             {
+                // What is known now: an image built in this same apply is
+                // unknown, but whether replicas roll does not depend on it.
+                let known: berth_provider::Attrs = desired
+                    .attrs
+                    .iter()
+                    .filter_map(|(k, v)| v.known().map(|v| (k.clone(), v.clone())))
+                    .collect();
                 change.rolling = provider.replaces_itself(
                     &resource.type_name,
                     &known,

@@ -736,3 +736,73 @@ fn berth_proxy_rolls_replicas_on_a_host_over_ssh_without_a_client_error() {
     t.run(&["destroy", "--auto-approve"]).ok();
     assert!(containers_with(&label(&t)).is_empty());
 }
+
+/// R7: a new image whose own health check fails stops the rollout behind
+/// berth-proxy with the old replicas serving every request; the next apply,
+/// with a good image, rolls through.
+#[test]
+fn a_new_image_that_never_becomes_healthy_leaves_the_old_replicas_serving() {
+    proxy_image_present();
+    let t = TestEnv::new("rolling-bad-image");
+    let _cleanup = DockerCleanup { env: t.env.clone() };
+    write_demo_context(&t);
+    let dockerfile = t.path().join("app/Dockerfile");
+    let good = std::fs::read_to_string(&dockerfile).expect("Dockerfile");
+    let port = free_port();
+    let web = |k: u32| format!("berth-it-{}-web-{k}", t.env);
+    // No `healthcheck` block: the image's own HEALTHCHECK decides.
+    let config = balanced_config(port, 2, "v1", "wait_timeout = 15", "", "");
+    t.write_config(&config);
+    t.run(&["apply", "--auto-approve"]).ok();
+    let old_ids: Vec<String> = (1..=2).map(|k| id_of(&web(k))).collect();
+
+    // The new image checks a port nothing listens on.
+    std::fs::write(
+        &dockerfile,
+        format!(
+            "{good}HEALTHCHECK --interval=1s --retries=2 CMD [\"/demo-app\", \"healthcheck\", \"http://127.0.0.1:1/x\"]\n"
+        ),
+    )
+    .expect("bad Dockerfile");
+    let plan = t.run(&["plan"]).ok();
+    assert!(
+        plan.stdout
+            .contains("docker_container.web must be replaced (rolling"),
+        "{}",
+        plan.stdout
+    );
+    let load = KeepAliveLoad::start(port);
+    let run = t.run(&["apply", "--auto-approve"]);
+    let tally = load.finish();
+    let run = run.failed();
+    assert!(
+        run.stderr.contains("docker_container.web") && run.stderr.contains("unhealthy"),
+        "the failure names the resource and the health state: {}",
+        run.stderr
+    );
+    assert_eq!(
+        (tally.not_ok.len(), tally.connection_errors.len()),
+        (0, 0),
+        "the old replicas kept serving: {tally:?}"
+    );
+    assert!(tally.requests >= MIN_REQUESTS, "{tally:?}");
+    let now: Vec<String> = (1..=2).map(|k| id_of(&web(k))).collect();
+    assert_eq!(now, old_ids, "the old replicas are still the ones running");
+    assert!(
+        containers_with(&label(&t))
+            .iter()
+            .all(|n| !n.contains("-next-")),
+        "the failed new replica was removed"
+    );
+
+    // A good image again (a new one: the label changes its id) rolls through.
+    std::fs::write(&dockerfile, format!("{good}LABEL fixed=\"1\"\n")).expect("good Dockerfile");
+    t.run(&["apply", "--auto-approve"]).ok();
+    for (k, old) in (1..=2).zip(&old_ids) {
+        assert_ne!(&id_of(&web(k)), old, "{} was replaced", web(k));
+    }
+    let (status, _) = http_get(port, "/api/ping").expect("the proxy answers");
+    assert_eq!(status, 200);
+    t.run(&["destroy", "--auto-approve"]).ok();
+    assert!(containers_with(&label(&t)).is_empty());
+}

@@ -1323,8 +1323,26 @@ pub(crate) async fn resolve_image(
 /// Whether a replacement of a container with `config` is a rolling one
 /// (see [`Spec::rolls`]). An invalid configuration does not roll: the
 /// engine's create reports the problem.
+/// Whether a replacement of `config` rolls. `config` may lack the
+/// attributes unknown at plan time (an image built in the same apply); what
+/// decides rolling (replicas, a load balancer, a health check, `wait`) is
+/// then read directly.
 pub(crate) fn rolls(config: &Attrs) -> bool {
-    Spec::parse(config, Path::new(".")).is_ok_and(|spec| spec.rolls())
+    if let Ok(spec) = Spec::parse(config, Path::new(".")) {
+        return spec.rolls();
+    }
+    let set = |key: &str| {
+        config
+            .get(key)
+            .is_some_and(|v| !v.is_null() && v.as_array().is_none_or(|a| !a.is_empty()))
+    };
+    attrs::int(config, "replicas")
+        .ok()
+        .flatten()
+        .is_some_and(|n| n > 1)
+        || set("load_balancer")
+        || set("healthcheck")
+        || attrs::boolean(config, "wait").ok().flatten() == Some(true)
 }
 
 /// Creates every replica, then the load balancer in front of them.
@@ -1663,6 +1681,19 @@ mod tests {
             Value::Object(map) => map.into_iter().collect(),
             _ => unreachable!(),
         }
+    }
+
+    #[test]
+    fn rolling_is_decided_without_the_image_built_in_the_same_apply() {
+        // At plan time an image rebuilt in the same apply is unknown and
+        // left out; the replicas still roll.
+        assert!(rolls(&config(json!({"name": "web", "replicas": 2}))));
+        assert!(rolls(&config(
+            json!({"name": "web", "healthcheck": {"path": "/api/ping"}})
+        )));
+        assert!(rolls(&config(json!({"name": "web", "wait": true}))));
+        assert!(!rolls(&config(json!({"name": "web", "replicas": 1}))));
+        assert!(!rolls(&config(json!({"name": "web", "healthcheck": []}))));
     }
 
     #[test]
