@@ -260,14 +260,8 @@ async fn trust_on_first_use_then_refuse_a_changed_key() {
         store.recorded(&spec.host_port()).as_deref(),
         Some(first.as_str())
     );
-    assert!(
-        progress
-            .messages()
-            .iter()
-            .any(|m| m.contains("first use") && m.contains(&first)),
-        "{:?}",
-        progress.messages()
-    );
+    // The first-use notice is a warning (tracing), printed at every
+    // verbosity; tests/it/ssh.rs reads it in berth's stderr.
     drop(conn);
 
     // Same key again: accepted silently.

@@ -802,11 +802,18 @@ pub async fn refresh(
 /// state: every observed attribute must equal the applied one (no drift).
 pub fn assert_no_drift(applied: &Applied, observed: &Observed) {
     assert_eq!(applied.id, observed.id);
+    // A value is never reported: at most `null`, for a hidden variable
+    // (the engine then names it as a value that cannot be read back).
     assert!(
-        !observed.attrs.contains_key("value"),
+        observed.attrs.get("value").is_none_or(|v| v.is_null()),
         "refresh must not report the value"
     );
-    for (name, value) in &observed.attrs {
+    assert_eq!(
+        observed.attrs.contains_key("value"),
+        observed.attrs.get("hidden") == Some(&serde_json::Value::Bool(true)),
+        "`value: null` is reported for hidden variables only"
+    );
+    for (name, value) in observed.attrs.iter().filter(|(n, _)| *n != "value") {
         assert_eq!(
             applied.attrs.get(name),
             Some(value),
