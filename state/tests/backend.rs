@@ -343,7 +343,20 @@ fn count(haystack: &[u8], needle: &[u8]) -> usize {
 
 /// Writes raw bytes into an environment's database behind the backend's back.
 fn poke(dir: &Path, env: &str, key: &[u8], value: &[u8]) {
-    let db = sled::open(dir.join("envs").join(env).join("db")).unwrap();
+    // sled's background flusher may still hold the file lock for a moment
+    // after the backend that used it was dropped: wait for it, boundedly.
+    let path = dir.join("envs").join(env).join("db");
+    let mut attempts = 0;
+    let db = loop {
+        match sled::open(&path) {
+            Ok(db) => break db,
+            Err(e) if attempts < 100 && e.to_string().contains("could not acquire lock") => {
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => panic!("open {}: {e}", path.display()),
+        }
+    };
     db.insert(key, value).unwrap();
     db.flush().unwrap();
 }

@@ -1320,10 +1320,7 @@ pub(crate) async fn resolve_image(
         .ok_or_else(|| ProviderError::Api(format!("image {} has no id", spec.image)))
 }
 
-/// Whether a replacement of a container with `config` is a rolling one
-/// (see [`Spec::rolls`]). An invalid configuration does not roll: the
-/// engine's create reports the problem.
-/// Whether a replacement of `config` rolls. `config` may lack the
+/// Whether a replacement of `config` rolls (see [`Spec::rolls`]). `config` may lack the
 /// attributes unknown at plan time (an image built in the same apply); what
 /// decides rolling (replicas, a load balancer, a health check, `wait`) is
 /// then read directly.

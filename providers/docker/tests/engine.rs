@@ -192,9 +192,10 @@ async fn image_build_hash_build_refresh_delete() {
         "kept locally"
     );
 
-    // A missing image is pulled; here no registry has it (or none is
-    // reachable), and the pull's error is reported.
-    let missing = attrs(json!({"name": format!("{}:latest", w.name("missing"))}));
+    // A missing image is pulled; its registry is a loopback port where
+    // nothing listens (a name without a registry would send the engine to
+    // Docker Hub), and the pull's error is reported.
+    let missing = attrs(json!({"name": format!("127.0.0.1:1/{}:latest", w.name("missing"))}));
     let err = w
         .create("docker_image.missing", &missing)
         .await
