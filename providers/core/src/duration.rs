@@ -30,19 +30,24 @@ pub fn parse(input: &str) -> Result<Duration, String> {
         let unit_len = rest
             .find(|c: char| c.is_ascii_digit() || c == '.')
             .unwrap_or(rest.len());
+        // In nanoseconds, so that `3ns` is exactly 3 (Docker's API takes
+        // nanoseconds).
         let scale: f64 = match &rest[..unit_len] {
-            "ns" => 1e-9,
-            "us" | "µs" | "μs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
+            "ns" => 1.0,
+            "us" | "µs" | "μs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60.0 * 1e9,
+            "h" => 3600.0 * 1e9,
             _ => return Err(invalid()),
         };
         rest = &rest[unit_len..];
         total += number * scale;
     }
-    Duration::try_from_secs_f64(total).map_err(|_| invalid())
+    if !total.is_finite() || total > u64::MAX as f64 {
+        return Err(invalid());
+    }
+    Ok(Duration::from_nanos(total.round() as u64))
 }
 
 #[cfg(test)]

@@ -7,37 +7,11 @@ use std::collections::BTreeMap;
 
 use berth_provider::{Attrs, ProviderError, Value};
 
-fn non_null<'a>(attrs: &'a Attrs, key: &str) -> Option<&'a Value> {
-    attrs.get(key).filter(|v| !v.is_null())
-}
-
-fn type_error(key: &str, expected: &str) -> ProviderError {
-    ProviderError::Config(format!("`{key}` must be {expected}"))
-}
-
-/// An optional string.
-pub(crate) fn string(attrs: &Attrs, key: &str) -> Result<Option<String>, ProviderError> {
-    match non_null(attrs, key) {
-        None => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(Value::Number(n)) => Ok(Some(n.to_string())),
-        Some(Value::Bool(b)) => Ok(Some(b.to_string())),
-        Some(_) => Err(type_error(key, "a string")),
-    }
-}
-
-/// A string that must be present and not empty.
-pub(crate) fn required_string(attrs: &Attrs, key: &str) -> Result<String, ProviderError> {
-    match string(attrs, key)? {
-        Some(s) if !s.is_empty() => Ok(s),
-        _ => Err(ProviderError::Config(format!("`{key}` is required"))),
-    }
-}
-
-/// An optional string that is treated as absent when empty.
-pub(crate) fn non_empty_string(attrs: &Attrs, key: &str) -> Result<Option<String>, ProviderError> {
-    Ok(string(attrs, key)?.filter(|s| !s.is_empty()))
-}
+// The readers every provider shares; this module adds Docker's own below.
+pub(crate) use berth_provider::attrs::{
+    blocks, boolean, non_empty_string, non_null, object_to_attrs, required_string, string,
+    string_list, type_error,
+};
 
 /// An optional whole number (JSON numbers may arrive as floats; numeric
 /// strings are accepted too).
@@ -63,35 +37,6 @@ pub(crate) fn int(attrs: &Attrs, key: &str) -> Result<Option<i64>, ProviderError
     }
 }
 
-/// An optional bool (`"true"`/`"false"` strings are accepted too).
-pub(crate) fn boolean(attrs: &Attrs, key: &str) -> Result<Option<bool>, ProviderError> {
-    match non_null(attrs, key) {
-        None => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(Value::String(s)) if s == "true" => Ok(Some(true)),
-        Some(Value::String(s)) if s == "false" => Ok(Some(false)),
-        Some(_) => Err(type_error(key, "a bool")),
-    }
-}
-
-/// An optional list of strings.
-pub(crate) fn string_list(attrs: &Attrs, key: &str) -> Result<Option<Vec<String>>, ProviderError> {
-    match non_null(attrs, key) {
-        None => Ok(None),
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|item| match item {
-                Value::String(s) => Ok(s.clone()),
-                Value::Number(n) => Ok(n.to_string()),
-                Value::Bool(b) => Ok(b.to_string()),
-                _ => Err(type_error(key, "a list of strings")),
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(Some),
-        Some(_) => Err(type_error(key, "a list of strings")),
-    }
-}
-
 /// An optional map of strings.
 pub(crate) fn string_map(
     attrs: &Attrs,
@@ -110,24 +55,6 @@ pub(crate) fn string_map(
             .collect::<Result<BTreeMap<_, _>, _>>()
             .map(Some),
         Some(_) => Err(type_error(key, "a map of strings")),
-    }
-}
-
-fn object_to_attrs(key: &str, value: &Value) -> Result<Attrs, ProviderError> {
-    match value {
-        Value::Object(map) => Ok(map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
-        _ => Err(type_error(key, "a block")),
-    }
-}
-
-/// A `Nesting::List` block: a list of objects (one object is taken as a list
-/// of one).
-pub(crate) fn blocks(attrs: &Attrs, key: &str) -> Result<Vec<Attrs>, ProviderError> {
-    match non_null(attrs, key) {
-        None => Ok(Vec::new()),
-        Some(Value::Array(items)) => items.iter().map(|v| object_to_attrs(key, v)).collect(),
-        Some(v @ Value::Object(_)) => Ok(vec![object_to_attrs(key, v)?]),
-        Some(_) => Err(type_error(key, "a list of blocks")),
     }
 }
 

@@ -1,49 +1,13 @@
 //! Go-style duration strings (`"2s"`, `"1m30s"`, `"500ms"`, `"1.5h"`) as
-//! used by `healthcheck { interval = ... }`, parsed to nanoseconds the way
-//! Docker's API wants them.
+//! used by `healthcheck { interval = ... }`, in the nanoseconds Docker's API
+//! wants. The parsing itself is [`berth_provider::duration::parse`], shared
+//! by every provider.
 
 /// Parses a Go duration (`[0-9.]+(ns|us|µs|ms|s|m|h)` repeated, or a bare
 /// `0`) into nanoseconds.
 pub(crate) fn parse_duration(input: &str) -> Result<i64, String> {
-    let s = input.trim();
-    let invalid =
-        || format!("invalid duration {input:?} (expected e.g. \"2s\", \"1m30s\", \"500ms\")");
-    if s.is_empty() {
-        return Err(invalid());
-    }
-    if s == "0" {
-        return Ok(0);
-    }
-    let mut rest = s;
-    let mut total: f64 = 0.0;
-    while !rest.is_empty() {
-        let number_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(invalid)?;
-        if number_len == 0 {
-            return Err(invalid());
-        }
-        let number: f64 = rest[..number_len].parse().map_err(|_| invalid())?;
-        rest = &rest[number_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let scale: f64 = match &rest[..unit_len] {
-            "ns" => 1.0,
-            "us" | "µs" | "μs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60.0 * 1e9,
-            "h" => 3600.0 * 1e9,
-            _ => return Err(invalid()),
-        };
-        rest = &rest[unit_len..];
-        total += number * scale;
-    }
-    if !total.is_finite() || total > i64::MAX as f64 {
-        return Err(invalid());
-    }
-    Ok(total.round() as i64)
+    let duration = berth_provider::duration::parse(input)?;
+    i64::try_from(duration.as_nanos()).map_err(|_| format!("duration {input:?} is too long"))
 }
 
 #[cfg(test)]
