@@ -243,9 +243,7 @@ impl StateBackend for SledBackend {
             if let Some(old) = held.take() {
                 let _ = old.db.flush();
             }
-            let db = sled::Config::new()
-                .path(self.db_path())
-                .open()
+            let db = open_db(&self.db_path())
                 .map_err(|e| self.sled_err("cannot open the database", e))?;
             *held = Some(Held {
                 db,
@@ -445,6 +443,27 @@ fn store_err(path: &Path, message: String) -> StateError {
     StateError::Store {
         path: path.display().to_string(),
         message,
+    }
+}
+
+/// Opens the sled database at `path`. berth's lock file already makes the
+/// holder exclusive, so sled's own file lock being busy means a handle
+/// this process just dropped: sled's flusher thread lets go of it a moment
+/// later. Waits for that, for at most two seconds.
+fn open_db(path: &Path) -> sled::Result<sled::Db> {
+    let mut waited = std::time::Duration::ZERO;
+    loop {
+        match sled::Config::new().path(path).open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && waited < std::time::Duration::from_secs(2) =>
+            {
+                let step = std::time::Duration::from_millis(20);
+                std::thread::sleep(step);
+                waited += step;
+            }
+            other => return other,
+        }
     }
 }
 
